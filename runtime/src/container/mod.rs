@@ -1,0 +1,4 @@
+//! Containers: specs, state records and operations.
+
+mod error;
+pub use error::ContainerError;

@@ -1,0 +1,1 @@
+//! The image store (filled by the images work).
