@@ -1,0 +1,1 @@
+//! Quantities (filled by the quantity work).
