@@ -10,7 +10,7 @@ use crate::container::security::Capabilities;
 use crate::images::ImageStore;
 use crate::root::RuntimeRoot;
 use crate::shim::{StatusLine, SHIM_ARG, STATUS_FD};
-use nix::fcntl::{FlockArg, OFlag};
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -75,7 +75,11 @@ pub struct ContainerInfo {
 impl ContainerInfo {
     /// Runs under a live shim.
     pub fn is_running(&self) -> bool {
-        self.supervised && self.state.as_ref().is_some_and(|s| s.status == Status::Running)
+        self.supervised
+            && self
+                .state
+                .as_ref()
+                .is_some_and(|s| s.status == Status::Running)
     }
 
     /// Docker-like status word: `running`, `created`, `exited`, or `dead` (the shim vanished
@@ -112,7 +116,8 @@ pub struct Runtime {
 impl Runtime {
     /// Operations under `root`, with this very executable (the `gantry` binary) as the shim.
     pub fn new(root: RuntimeRoot) -> Self {
-        let shim_program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let shim_program =
+            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
         Self { root, shim_program }
     }
 
@@ -140,7 +145,10 @@ impl Runtime {
         let store = self.images()?;
         let image = store.resolve(&opts.image)?;
 
-        let entrypoint = opts.entrypoint.clone().unwrap_or_else(|| image.config.entrypoint.clone());
+        let entrypoint = opts
+            .entrypoint
+            .clone()
+            .unwrap_or_else(|| image.config.entrypoint.clone());
         let cmd = if !opts.command.is_empty() {
             opts.command.clone()
         } else if opts.entrypoint.is_some() {
@@ -159,26 +167,44 @@ impl Runtime {
         let mut env = image.config.env.clone();
         for kv in &opts.env {
             let Some((key, _)) = kv.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-                return Err(ContainerError::Invalid { field: "env", reason: format!("{kv:?} is not KEY=VALUE") });
+                return Err(ContainerError::Invalid {
+                    field: "env",
+                    reason: format!("{kv:?} is not KEY=VALUE"),
+                });
             };
             env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(key));
             env.push(kv.clone());
         }
         if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+            env.insert(
+                0,
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            );
         }
 
-        let working_dir = opts.working_dir.clone().unwrap_or_else(|| image.config.working_dir.clone());
+        let working_dir = opts
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| image.config.working_dir.clone());
         if !working_dir.is_empty() && !working_dir.starts_with('/') {
-            return Err(ContainerError::Invalid { field: "workdir", reason: format!("{working_dir:?} is not an absolute path") });
+            return Err(ContainerError::Invalid {
+                field: "workdir",
+                reason: format!("{working_dir:?} is not an absolute path"),
+            });
         }
         let capabilities = Capabilities::container_default()
             .with_added(&opts.cap_add)
             .and_then(|c| c.with_dropped(&opts.cap_drop))
-            .map_err(|e| ContainerError::Invalid { field: "capabilities", reason: e.to_string() })?;
+            .map_err(|e| ContainerError::Invalid {
+                field: "capabilities",
+                reason: e.to_string(),
+            })?;
 
         let id = random_id()?;
-        let hostname = opts.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+        let hostname = opts
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string());
         validate_hostname(&hostname)?;
         let name = match &opts.name {
             Some(n) => {
@@ -197,7 +223,10 @@ impl Runtime {
             args,
             env,
             working_dir,
-            user: opts.user.clone().unwrap_or_else(|| image.config.user.clone()),
+            user: opts
+                .user
+                .clone()
+                .unwrap_or_else(|| image.config.user.clone()),
             hostname,
             resources: opts.resources.clone(),
             capabilities,
@@ -211,10 +240,13 @@ impl Runtime {
         let dir = self.root.container_dir(&id);
         let written = (|| {
             for sub in ["upper", "work", "rootfs"] {
-                std::fs::create_dir_all(dir.join(sub)).map_err(ContainerError::io(dir.join(sub)))?;
+                std::fs::create_dir_all(dir.join(sub))
+                    .map_err(ContainerError::io(dir.join(sub)))?;
             }
-            let json = serde_json::to_vec_pretty(&spec).map_err(|e| ContainerError::Other(e.to_string()))?;
-            super::state::write_atomic(&dir.join(CONFIG_FILE), &json).map_err(ContainerError::io(dir.join(CONFIG_FILE)))
+            let json = serde_json::to_vec_pretty(&spec)
+                .map_err(|e| ContainerError::Other(e.to_string()))?;
+            super::state::write_atomic(&dir.join(CONFIG_FILE), &json)
+                .map_err(ContainerError::io(dir.join(CONFIG_FILE)))
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_dir_all(&dir);
@@ -228,7 +260,11 @@ impl Runtime {
     /// Starts a created container under a new shim and returns once its process runs (or
     /// with the reason it could not: 127 not found, 126 not executable, 125 otherwise). With
     /// `attach`, the shim also copies the container's output to this process's stdout/stderr.
-    pub fn start(&self, spec: &ContainerSpec, attach: bool) -> Result<StartedContainer, ContainerError> {
+    pub fn start(
+        &self,
+        spec: &ContainerSpec,
+        attach: bool,
+    ) -> Result<StartedContainer, ContainerError> {
         let dir = self.root.container_dir(&spec.id);
         let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
             .map_err(|e| ContainerError::Other(format!("cannot create the status pipe: {e}")))?;
@@ -256,7 +292,10 @@ impl Runtime {
             });
         }
         let mut child = cmd.spawn().map_err(|e| {
-            ContainerError::Other(format!("cannot start the shim {}: {e}", self.shim_program.display()))
+            ContainerError::Other(format!(
+                "cannot start the shim {}: {e}",
+                self.shim_program.display()
+            ))
         })?;
         drop(status_w);
         // The first shim process forks the real shim and exits at once.
@@ -269,7 +308,7 @@ impl Runtime {
             pending: Vec::new(),
             dir: dir.clone(),
         };
-        match started.next_line(None)? {
+        match started.next_line(None::<(&SignalFd, fn(i32))>)? {
             Some(StatusLine::Started(pid)) => {
                 started.pid = pid;
                 tracing::debug!(container = %spec.id, pid, "started");
@@ -320,7 +359,10 @@ impl Runtime {
                 return Ok(c);
             }
         }
-        let mut matches = self.list()?.into_iter().filter(|c| c.spec.id.starts_with(reference));
+        let mut matches = self
+            .list()?
+            .into_iter()
+            .filter(|c| c.spec.id.starts_with(reference));
         match (matches.next(), matches.next()) {
             (Some(c), None) => Ok(c),
             (Some(_), Some(_)) => Err(ContainerError::Ambiguous(reference.to_string())),
@@ -378,13 +420,23 @@ impl Runtime {
 
     /// Waits until the container is no longer supervised (its process exited and the shim
     /// recorded it), up to `timeout`; returns it as it is then.
-    pub fn wait(&self, reference: &str, timeout: Option<Duration>) -> Result<ContainerInfo, ContainerError> {
+    pub fn wait(
+        &self,
+        reference: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ContainerInfo, ContainerError> {
         let info = self.inspect(reference)?;
         if !wait_unsupervised(&info.dir, timeout) {
-            return Err(ContainerError::Other(format!("container {} still runs", info.spec.id)));
+            return Err(ContainerError::Other(format!(
+                "container {} still runs",
+                info.spec.id
+            )));
         }
         // An auto-removed container is gone once its shim is; report what we last saw.
-        Ok(self.inspect(&info.spec.id).unwrap_or(ContainerInfo { supervised: false, ..info }))
+        Ok(self.inspect(&info.spec.id).unwrap_or(ContainerInfo {
+            supervised: false,
+            ..info
+        }))
     }
 
     fn names_dir(&self) -> PathBuf {
@@ -400,7 +452,8 @@ impl Runtime {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     // A name whose container is gone (auto-removed, or removed by hand) is free.
-                    let holder = std::fs::read_link(&link).map(|p| p.to_string_lossy().into_owned());
+                    let holder =
+                        std::fs::read_link(&link).map(|p| p.to_string_lossy().into_owned());
                     match holder {
                         Ok(h) if self.root.container_dir(&h).exists() => {
                             return Err(ContainerError::NameInUse(name.to_string()))
@@ -427,7 +480,7 @@ impl Runtime {
 impl StartedContainer {
     /// Waits for the container's process to exit; returns its exit code and reason.
     pub fn wait(mut self) -> Result<(i32, Option<String>), ContainerError> {
-        let line = self.next_line(None)?;
+        let line = self.next_line(None::<(&SignalFd, fn(i32))>)?;
         self.finish(line)
     }
 
@@ -439,8 +492,10 @@ impl StartedContainer {
         for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
             mask.add(s);
         }
-        let blocked = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).is_ok();
-        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
+        let blocked =
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).is_ok();
+        let sigfd =
+            SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
         let ticks = proc_start_ticks(self.pid);
         let line = self.next_line(sigfd.as_ref().map(|fd| {
             let pid = self.pid;
@@ -460,7 +515,11 @@ impl StartedContainer {
         match line {
             Some(StatusLine::Exited(code, reason)) => Ok((code, reason)),
             _ => match ContainerState::read(&self.dir.join(STATE_FILE)) {
-                Ok(ContainerState { exit_code: Some(code), reason, .. }) => Ok((code, reason)),
+                Ok(ContainerState {
+                    exit_code: Some(code),
+                    reason,
+                    ..
+                }) => Ok((code, reason)),
                 _ => Err(ContainerError::Other(format!(
                     "the shim of container {} ended without recording an exit",
                     self.spec.id
@@ -471,11 +530,16 @@ impl StartedContainer {
 
     /// Reads the next status line; while waiting, signals arriving on `signals` are handed
     /// to its callback.
-    fn next_line<F: FnMut(i32)>(&mut self, mut signals: Option<(&SignalFd, F)>) -> Result<Option<StatusLine>, ContainerError> {
+    fn next_line<F: FnMut(i32)>(
+        &mut self,
+        mut signals: Option<(&SignalFd, F)>,
+    ) -> Result<Option<StatusLine>, ContainerError> {
         loop {
             if let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.pending.drain(..=pos).collect();
-                return Ok(StatusLine::parse(String::from_utf8_lossy(&line[..pos]).as_ref()));
+                return Ok(StatusLine::parse(
+                    String::from_utf8_lossy(&line[..pos]).as_ref(),
+                ));
             }
             if let Some((sigfd, forward)) = signals.as_mut() {
                 let mut fds = [
@@ -483,13 +547,17 @@ impl StartedContainer {
                     PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 ];
                 match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) | Err(nix::Errno::EINTR) => {}
-                    Err(e) => return Err(ContainerError::Other(format!("cannot wait for the shim: {e}"))),
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        return Err(ContainerError::Other(format!(
+                            "cannot wait for the shim: {e}"
+                        )))
+                    }
                 }
                 while let Ok(Some(info)) = sigfd.read_signal() {
                     forward(info.ssi_signo as i32);
                 }
-                if !fds[0].revents().is_some_and(|r| !r.is_empty()) {
+                if fds[0].revents().is_none_or(|r| r.is_empty()) {
                     continue;
                 }
             }
@@ -498,7 +566,11 @@ impl StartedContainer {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ContainerError::Other(format!("cannot read the shim's status: {e}"))),
+                Err(e) => {
+                    return Err(ContainerError::Other(format!(
+                        "cannot read the shim's status: {e}"
+                    )))
+                }
             }
         }
     }
@@ -506,18 +578,25 @@ impl StartedContainer {
 
 /// Reads a container's directory; `None` when it is not (or no longer) a container.
 fn load(dir: &Path) -> Option<ContainerInfo> {
-    let spec: ContainerSpec = serde_json::from_slice(&std::fs::read(dir.join(CONFIG_FILE)).ok()?).ok()?;
+    let spec: ContainerSpec =
+        serde_json::from_slice(&std::fs::read(dir.join(CONFIG_FILE)).ok()?).ok()?;
     let state = ContainerState::read(&dir.join(STATE_FILE)).ok();
-    Some(ContainerInfo { spec, state, supervised: shim_alive(dir), dir: dir.to_path_buf() })
+    Some(ContainerInfo {
+        spec,
+        state,
+        supervised: shim_alive(dir),
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Whether a live shim holds the container's lock.
 fn shim_alive(dir: &Path) -> bool {
-    let Ok(f) = File::open(dir.join(LOCK_FILE)) else { return false };
-    matches!(
-        nix::fcntl::flock(f.as_raw_fd(), FlockArg::LockSharedNonblock),
-        Err(nix::Errno::EWOULDBLOCK)
-    )
+    let Ok(f) = File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    // SAFETY: flock on an fd we own; the lock (if we get it) is released when `f` closes.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc < 0 && nix::errno::Errno::last() == nix::errno::Errno::EWOULDBLOCK
 }
 
 /// Waits until no shim holds the container's lock; false when `timeout` passed first.
@@ -552,9 +631,16 @@ fn random_id() -> Result<String, ContainerError> {
 }
 
 fn image_basename(reference: &str) -> String {
-    let no_tag = reference.rsplit_once(':').map(|(n, _)| n).unwrap_or(reference);
+    let no_tag = reference
+        .rsplit_once(':')
+        .map(|(n, _)| n)
+        .unwrap_or(reference);
     let base = no_tag.rsplit('/').next().unwrap_or(no_tag);
-    let clean: String = base.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(32).collect();
+    let clean: String = base
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect();
     if clean.is_empty() || reference.starts_with("sha256:") {
         "container".into()
     } else {
@@ -565,8 +651,13 @@ fn image_basename(reference: &str) -> String {
 fn validate_name(name: &str) -> Result<(), ContainerError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -580,7 +671,8 @@ fn validate_name(name: &str) -> Result<(), ContainerError> {
 fn validate_hostname(h: &str) -> Result<(), ContainerError> {
     let ok = !h.is_empty()
         && h.len() <= 63
-        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         && !h.starts_with('-');
     if ok {
         Ok(())
@@ -605,16 +697,21 @@ fn validate_resources(r: &Resources) -> Result<(), ContainerError> {
         if q.quota_us < 1000 || q.period_us < 1000 || q.period_us > 1_000_000 {
             return Err(ContainerError::Invalid {
                 field: "cpus",
-                reason: format!("quota {}us per {}us period is out of range (at least 0.01 CPU)", q.quota_us, q.period_us),
+                reason: format!(
+                    "quota {}us per {}us period is out of range (at least 0.01 CPU)",
+                    q.quota_us, q.period_us
+                ),
             });
         }
     }
     if r.pids_limit == Some(0) {
-        return Err(ContainerError::Invalid { field: "pids", reason: "must be at least 1".into() });
+        return Err(ContainerError::Invalid {
+            field: "pids",
+            reason: "must be at least 1".into(),
+        });
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -638,9 +735,17 @@ mod tests {
 
     #[test]
     fn zero_limits_are_rejected_naming_the_field() {
-        let err = validate_resources(&Resources { memory_limit: Some(0), ..Default::default() }).unwrap_err();
+        let err = validate_resources(&Resources {
+            memory_limit: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("memory"), "{err}");
-        let err = validate_resources(&Resources { pids_limit: Some(0), ..Default::default() }).unwrap_err();
+        let err = validate_resources(&Resources {
+            pids_limit: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("pids"), "{err}");
     }
 

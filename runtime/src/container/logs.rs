@@ -73,12 +73,19 @@ pub fn parse_line(line: &[u8]) -> Option<Record<'_>> {
         _ => return None,
     };
     let content = parts.next().unwrap_or(b"");
-    Some(Record { timestamp, stream, full, content })
+    Some(Record {
+        timestamp,
+        stream,
+        full,
+        content,
+    })
 }
 
 /// Now as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
 pub fn rfc3339_now() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     rfc3339(now.as_secs(), now.subsec_nanos())
 }
 
@@ -117,7 +124,10 @@ mod tests {
     fn chunk_with_lines_and_partial_tail_round_trips() {
         let mut out = Vec::new();
         write_chunk(&mut out, Stream::Stderr, b"one\ntwo\nthr").unwrap();
-        let lines: Vec<_> = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let lines: Vec<_> = out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
         assert_eq!(lines.len(), 3);
         let recs: Vec<_> = lines.iter().map(|l| parse_line(l).unwrap()).collect();
         assert_eq!(recs[0].content, b"one");

@@ -49,12 +49,16 @@ impl ContainerState {
     /// Reads a state file.
     pub fn read(path: &Path) -> std::io::Result<Self> {
         let bytes = std::fs::read(path)?;
-        serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
     /// Writes the state atomically: readers see the old or the new record, never half.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        write_atomic(path, &serde_json::to_vec(self).map_err(std::io::Error::other)?)
+        write_atomic(
+            path,
+            &serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )
     }
 }
 

@@ -31,7 +31,11 @@ pub struct InitFailure {
 
 impl InitFailure {
     fn new(stage: &str, errno: i32, message: impl Into<String>) -> Self {
-        Self { stage: stage.to_string(), errno, message: message.into() }
+        Self {
+            stage: stage.to_string(),
+            errno,
+            message: message.into(),
+        }
     }
 
     /// Docker's exit codes: 127 command not found, 126 not executable, 125 anything else.
@@ -55,7 +59,11 @@ impl InitFailure {
         let stage = parts.next().unwrap_or("exec").to_string();
         let errno = parts.next().and_then(|e| e.parse().ok()).unwrap_or(0);
         let message = parts.next().unwrap_or("container init failed").to_string();
-        Self { stage, errno, message }
+        Self {
+            stage,
+            errno,
+            message,
+        }
     }
 }
 
@@ -89,7 +97,9 @@ fn setup_and_exec(
     fds: &ChildFds,
 ) -> Result<std::convert::Infallible, InitFailure> {
     reset_signals();
-    let errno = |stage: &'static str, what: String| move |e: Errno| InitFailure::new(stage, e as i32, format!("{what}: {e}"));
+    let errno = |stage: &'static str, what: String| {
+        move |e: Errno| InitFailure::new(stage, e as i32, format!("{what}: {e}"))
+    };
 
     nix::sched::unshare(
         CloneFlags::CLONE_NEWNS
@@ -97,7 +107,10 @@ fn setup_and_exec(
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWNET,
     )
-    .map_err(errno("namespaces", "cannot unshare mount, uts, ipc and network namespaces".into()))?;
+    .map_err(errno(
+        "namespaces",
+        "cannot unshare mount, uts, ipc and network namespaces".into(),
+    ))?;
 
     // Wait for the shim: one byte means "you are in your cgroup"; EOF means the shim gave up.
     let mut byte = [0u8; 1];
@@ -124,17 +137,27 @@ fn setup_and_exec(
     })
     .map_err(|e| InitFailure::new("rootfs", 0, e.to_string()))?;
 
-    nix::unistd::sethostname(&spec.hostname)
-        .map_err(errno("hostname", format!("cannot set hostname {:?}", spec.hostname)))?;
+    nix::unistd::sethostname(&spec.hostname).map_err(errno(
+        "hostname",
+        format!("cannot set hostname {:?}", spec.hostname),
+    ))?;
 
     let identity = security::resolve_user(&spec.user)
         .map_err(|e| InitFailure::new("user", 0, e.to_string()))?;
 
-    let workdir = if spec.working_dir.is_empty() { "/" } else { spec.working_dir.as_str() };
+    let workdir = if spec.working_dir.is_empty() {
+        "/"
+    } else {
+        spec.working_dir.as_str()
+    };
     if std::fs::metadata(workdir).is_err() {
         // Docker creates a missing working directory; so do we, owned by the process's user.
         std::fs::create_dir_all(workdir).map_err(|e| {
-            InitFailure::new("workdir", e.raw_os_error().unwrap_or(0), format!("cannot create working directory {workdir}: {e}"))
+            InitFailure::new(
+                "workdir",
+                e.raw_os_error().unwrap_or(0),
+                format!("cannot create working directory {workdir}: {e}"),
+            )
         })?;
         let _ = nix::unistd::chown(
             workdir,
@@ -142,8 +165,10 @@ fn setup_and_exec(
             Some(nix::unistd::Gid::from_raw(identity.gid)),
         );
     }
-    nix::unistd::chdir(workdir)
-        .map_err(errno("workdir", format!("cannot enter working directory {workdir}")))?;
+    nix::unistd::chdir(workdir).map_err(errno(
+        "workdir",
+        format!("cannot enter working directory {workdir}"),
+    ))?;
 
     let mut env = spec.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
@@ -159,13 +184,34 @@ fn setup_and_exec(
         .map_err(|e| InitFailure::new("capabilities", 0, e.to_string()))?;
 
     let Some(program) = spec.args.first() else {
-        return Err(InitFailure::new("exec", Errno::ENOENT as i32, "no command given and the image has none"));
+        return Err(InitFailure::new(
+            "exec",
+            Errno::ENOENT as i32,
+            "no command given and the image has none",
+        ));
     };
-    let path = find_program(program, &env)
-        .ok_or_else(|| InitFailure::new("exec", Errno::ENOENT as i32, format!("executable file not found in $PATH: {program}")))?;
+    let path = find_program(program, &env).ok_or_else(|| {
+        InitFailure::new(
+            "exec",
+            Errno::ENOENT as i32,
+            format!("executable file not found in $PATH: {program}"),
+        )
+    })?;
 
-    let to_c = |s: &str| CString::new(s).map_err(|_| InitFailure::new("exec", Errno::EINVAL as i32, format!("argument contains a NUL byte: {s:?}")));
-    let argv = spec.args.iter().map(|a| to_c(a)).collect::<Result<Vec<_>, _>>()?;
+    let to_c = |s: &str| {
+        CString::new(s).map_err(|_| {
+            InitFailure::new(
+                "exec",
+                Errno::EINVAL as i32,
+                format!("argument contains a NUL byte: {s:?}"),
+            )
+        })
+    };
+    let argv = spec
+        .args
+        .iter()
+        .map(|a| to_c(a))
+        .collect::<Result<Vec<_>, _>>()?;
     let envp = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| InitFailure::new("exec", Errno::EINVAL as i32, "path contains a NUL byte"))?;
@@ -181,21 +227,35 @@ fn setup_and_exec(
         Errno::ENOEXEC => "exec format error",
         _ => "cannot execute",
     };
-    Err(InitFailure::new("exec", err as i32, format!("{}: {what}", path.display())))
+    Err(InitFailure::new(
+        "exec",
+        err as i32,
+        format!("{}: {what}", path.display()),
+    ))
 }
 
 /// The shim blocks SIGCHLD/SIGTERM for its signalfd and ignores SIGPIPE/SIGINT/SIGHUP; ignored
 /// dispositions and the mask survive exec, so the container would inherit them.
 fn reset_signals() {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    for sig in [Signal::SIGPIPE, Signal::SIGINT, Signal::SIGHUP, Signal::SIGTERM, Signal::SIGCHLD] {
+    for sig in [
+        Signal::SIGPIPE,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGCHLD,
+    ] {
         // SAFETY: resetting to the default disposition installs no handler code.
         let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
     }
 }
 
 fn redirect_stdio(fds: &ChildFds) -> nix::Result<()> {
-    let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty())?;
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )?;
     nix::unistd::dup2_stdin(&null)?;
     nix::unistd::dup2_stdout(&fds.stdout)?;
     nix::unistd::dup2_stderr(&fds.stderr)?;
@@ -209,7 +269,12 @@ fn mark_inherited_fds_cloexec() {
     // no memory. On kernels without it the call fails harmlessly and the fds Gantry opened are
     // close-on-exec already.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as u32);
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
     }
 }
 
@@ -223,10 +288,14 @@ fn find_program(program: &str, env: &[String]) -> Option<PathBuf> {
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    path_var.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(program)).find(|p| {
-        std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
-            && nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok()
-    })
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| {
+            std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
+                && nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok()
+        })
 }
 
 #[cfg(test)]
@@ -235,15 +304,25 @@ mod tests {
 
     #[test]
     fn init_failure_round_trips_through_the_pipe_encoding() {
-        let f = InitFailure::new("exec", Errno::ENOENT as i32, "executable file not found in $PATH: nope");
+        let f = InitFailure::new(
+            "exec",
+            Errno::ENOENT as i32,
+            "executable file not found in $PATH: nope",
+        );
         assert_eq!(InitFailure::decode(&f.encode()), f);
         assert_eq!(f.exit_code(), 127);
     }
 
     #[test]
     fn exit_codes_follow_docker() {
-        assert_eq!(InitFailure::new("exec", Errno::EACCES as i32, "x").exit_code(), 126);
-        assert_eq!(InitFailure::new("rootfs", Errno::EACCES as i32, "x").exit_code(), 125);
+        assert_eq!(
+            InitFailure::new("exec", Errno::EACCES as i32, "x").exit_code(),
+            126
+        );
+        assert_eq!(
+            InitFailure::new("rootfs", Errno::EACCES as i32, "x").exit_code(),
+            125
+        );
     }
 
     #[test]

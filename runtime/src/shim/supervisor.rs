@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 pub(crate) fn main(dir: &Path, attach: bool) -> i32 {
     // SAFETY: fd 3 is either the status pipe the starter placed there or not open; taking
     // ownership of it here is the only use, and fcntl tells which.
-    let status = nix::fcntl::fcntl(STATUS_FD, FcntlArg::F_GETFD)
-        .ok()
-        .map(|_| unsafe { File::from_raw_fd(STATUS_FD) });
+    // SAFETY: F_GETFD only asks whether the fd is open.
+    let open = unsafe { libc::fcntl(STATUS_FD, libc::F_GETFD) } >= 0;
+    let status = open.then(|| unsafe { File::from_raw_fd(STATUS_FD) });
     if let Some(f) = &status {
         // The container must not inherit the status pipe, or the starter would never see EOF.
         let _ = nix::fcntl::fcntl(f.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
@@ -39,7 +39,10 @@ pub(crate) fn main(dir: &Path, attach: bool) -> i32 {
         Ok(ForkResult::Parent { .. }) => return 0,
         Ok(ForkResult::Child) => {}
         Err(e) => {
-            report(status.as_ref(), &StatusLine::Failed(125, format!("shim cannot fork: {e}")));
+            report(
+                status.as_ref(),
+                &StatusLine::Failed(125, format!("shim cannot fork: {e}")),
+            );
             return 125;
         }
     }
@@ -51,7 +54,12 @@ pub(crate) fn main(dir: &Path, attach: bool) -> i32 {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument and no pointers.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 
-    let mut shim = Shim { dir, status, attach, state: None };
+    let mut shim = Shim {
+        dir,
+        status,
+        attach,
+        state: None,
+    };
     match shim.run() {
         Ok(()) => 0,
         Err(failure) => {
@@ -85,15 +93,32 @@ impl Shim<'_> {
             .write(true)
             .open(&lock_path)
             .map_err(setup(&format!("cannot open {}", lock_path.display())))?;
-        nix::fcntl::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|e| InitFailure { stage: "shim".into(), errno: e as i32, message: format!("container is already supervised ({} is locked)", lock_path.display()) })?;
+        // SAFETY: flock on an fd we own; the lock lives exactly as long as `lock` stays open.
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } < 0
+        {
+            return Err(InitFailure {
+                stage: "shim".into(),
+                errno: nix::errno::Errno::last() as i32,
+                message: format!(
+                    "container is already supervised ({} is locked)",
+                    lock_path.display()
+                ),
+            });
+        }
 
         let config_path = self.dir.join(CONFIG_FILE);
         let spec: ContainerSpec = std::fs::read(&config_path)
             .map_err(setup(&format!("cannot read {}", config_path.display())))
             .and_then(|b| {
                 serde_json::from_slice(&b).map_err(|e| {
-                    setup(&format!("cannot parse {}", config_path.display()))(std::io::Error::other(e))
+                    setup(&format!("cannot parse {}", config_path.display()))(
+                        std::io::Error::other(e),
+                    )
                 })
             })?;
 
@@ -112,7 +137,11 @@ impl Shim<'_> {
 
         let cgroup = cgroups::detect()
             .and_then(|m| m.create(&format!("gantry/{}", spec.id), &spec.resources))
-            .map_err(|e| InitFailure { stage: "cgroup".into(), errno: 0, message: e.to_string() })?;
+            .map_err(|e| InitFailure {
+                stage: "cgroup".into(),
+                errno: 0,
+                message: e.to_string(),
+            })?;
         if let Some(s) = self.state.as_mut() {
             s.cgroup = Some(cgroup.clone());
         }
@@ -127,44 +156,78 @@ impl Shim<'_> {
         result
     }
 
-    fn supervise(&mut self, spec: &ContainerSpec, cgroup: &CgroupHandle) -> Result<(), InitFailure> {
-        let sys = |what: &'static str| move |e: nix::Errno| InitFailure { stage: "shim".into(), errno: e as i32, message: format!("{what}: {e}") };
+    fn supervise(
+        &mut self,
+        spec: &ContainerSpec,
+        cgroup: &CgroupHandle,
+    ) -> Result<(), InitFailure> {
+        let sys = |what: &'static str| {
+            move |e: nix::errno::Errno| InitFailure {
+                stage: "shim".into(),
+                errno: e as i32,
+                message: format!("{what}: {e}"),
+            }
+        };
         let log_path = self.dir.join(LOG_FILE);
         let mut log = File::options()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|e| InitFailure { stage: "shim".into(), errno: e.raw_os_error().unwrap_or(0), message: format!("cannot open {}: {e}", log_path.display()) })?;
+            .map_err(|e| InitFailure {
+                stage: "shim".into(),
+                errno: e.raw_os_error().unwrap_or(0),
+                message: format!("cannot open {}: {e}", log_path.display()),
+            })?;
 
-        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("cannot create a pipe"))?;
-        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("cannot create a pipe"))?;
-        let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("cannot create a pipe"))?;
-        let (fail_r, fail_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("cannot create a pipe"))?;
+        let (out_r, out_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("cannot create a pipe"))?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("cannot create a pipe"))?;
+        let (sync_r, sync_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("cannot create a pipe"))?;
+        let (fail_r, fail_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("cannot create a pipe"))?;
 
         // Block the signals we wait on before the fork, so none is lost; the child unblocks.
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
         mask.add(Signal::SIGTERM);
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(sys("cannot block signals"))?;
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+            .map_err(sys("cannot block signals"))?;
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(sys("cannot create a signalfd"))?;
 
-        nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(sys("cannot unshare the pid namespace"))?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(sys("cannot unshare the pid namespace"))?;
         // SAFETY: the shim is single-threaded; the child only runs `init::run`, which ends in
         // execve or _exit.
-        let child = match unsafe { nix::unistd::fork() }.map_err(sys("cannot fork the container"))? {
-            ForkResult::Child => {
-                drop((out_r, err_r, sync_w, fail_r));
-                init::run(spec, self.dir, ChildFds { sync: sync_r, error: fail_w, stdout: out_w, stderr: err_w })
-            }
-            ForkResult::Parent { child } => child,
-        };
+        let child =
+            match unsafe { nix::unistd::fork() }.map_err(sys("cannot fork the container"))? {
+                ForkResult::Child => {
+                    drop((out_r, err_r, sync_w, fail_r));
+                    init::run(
+                        spec,
+                        self.dir,
+                        ChildFds {
+                            sync: sync_r,
+                            error: fail_w,
+                            stdout: out_w,
+                            stderr: err_w,
+                        },
+                    )
+                }
+                ForkResult::Parent { child } => child,
+            };
         drop((out_w, err_w, sync_r, fail_w));
 
         if let Err(e) = cgroup.add_process(child.as_raw()) {
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(child, None);
-            return Err(InitFailure { stage: "cgroup".into(), errno: 0, message: e.to_string() });
+            return Err(InitFailure {
+                stage: "cgroup".into(),
+                errno: 0,
+                message: e.to_string(),
+            });
         }
         let _ = nix::unistd::write(&sync_w, b"g");
         drop(sync_w);
@@ -176,7 +239,7 @@ impl Shim<'_> {
             match nix::unistd::read(&fail_r, &mut buf) {
                 Ok(0) => break,
                 Ok(n) => report_bytes.extend_from_slice(&buf[..n]),
-                Err(nix::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break,
             }
         }
@@ -220,7 +283,14 @@ impl Shim<'_> {
     }
 
     /// Copies output and reaps until the container's init has exited and its output is drained.
-    fn pump(&mut self, child: Pid, out_r: &OwnedFd, err_r: &OwnedFd, sigfd: &SignalFd, log: &mut File) -> WaitStatus {
+    fn pump(
+        &mut self,
+        child: Pid,
+        out_r: &OwnedFd,
+        err_r: &OwnedFd,
+        sigfd: &SignalFd,
+        log: &mut File,
+    ) -> WaitStatus {
         let mut open = [true, true];
         let mut exited: Option<(WaitStatus, Instant)> = None;
         let mut buf = vec![0u8; 64 * 1024];
@@ -233,7 +303,10 @@ impl Shim<'_> {
                 }
             }
             let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
-            let streams: [(BorrowedFd, Stream); 2] = [(out_r.as_fd(), Stream::Stdout), (err_r.as_fd(), Stream::Stderr)];
+            let streams: [(BorrowedFd, Stream); 2] = [
+                (out_r.as_fd(), Stream::Stdout),
+                (err_r.as_fd(), Stream::Stderr),
+            ];
             let mut polled = Vec::new();
             for (i, (fd, _)) in streams.iter().enumerate() {
                 if open[i] {
@@ -241,12 +314,19 @@ impl Shim<'_> {
                     polled.push(i);
                 }
             }
-            let timeout = if exited.is_some() { PollTimeout::from(100u16) } else { PollTimeout::NONE };
+            let timeout = if exited.is_some() {
+                PollTimeout::from(100u16)
+            } else {
+                PollTimeout::NONE
+            };
             match nix::poll::poll(&mut fds, timeout) {
-                Ok(_) | Err(nix::Errno::EINTR) => {}
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(_) => return exited.map(|e| e.0).unwrap_or(WaitStatus::StillAlive),
             }
-            let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
             for (slot, &i) in polled.iter().enumerate() {
                 if !ready[slot + 1] {
                     continue;
@@ -266,7 +346,7 @@ impl Shim<'_> {
                             }
                         }
                     }
-                    Err(nix::Errno::EINTR | nix::Errno::EAGAIN) => {}
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
                     Err(_) => open[i] = false,
                 }
             }
@@ -336,7 +416,10 @@ impl Shim<'_> {
         if auto_remove {
             let _ = std::fs::remove_dir_all(self.dir);
         }
-        report(self.status.as_ref(), &StatusLine::Failed(code, failure.message.clone()));
+        report(
+            self.status.as_ref(),
+            &StatusLine::Failed(code, failure.message.clone()),
+        );
     }
 }
 
@@ -344,7 +427,7 @@ fn write_all(fd: BorrowedFd, mut data: &[u8]) -> nix::Result<()> {
     while !data.is_empty() {
         match nix::unistd::write(fd, data) {
             Ok(n) => data = &data[n..],
-            Err(nix::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e),
         }
     }
