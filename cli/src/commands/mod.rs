@@ -13,3 +13,52 @@ pub fn exit_code_of(err: &anyhow::Error) -> i32 {
     }
     125
 }
+
+/// Prints aligned columns the way kubectl and docker do: no borders, at least three spaces
+/// between columns, no trailing spaces.
+pub fn print_table<R: AsRef<[String]>>(headers: &[&str], rows: &[R]) {
+    print!("{}", format_table(headers, rows));
+}
+
+/// The text of [`print_table`].
+pub fn format_table<R: AsRef<[String]>>(headers: &[&str], rows: &[R]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.as_ref().iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            text.push_str(cell);
+            if i + 1 < cells.len() {
+                let pad = widths[i] - cell.chars().count() + 3;
+                text.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.as_ref().iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tables_align_columns_without_trailing_spaces() {
+        let rows = vec![
+            vec!["web".to_string(), "3/3".to_string()],
+            vec!["a".to_string(), "".to_string()],
+        ];
+        let text = super::format_table(&["NAME", "READY"], &rows);
+        assert_eq!(text, "NAME   READY\nweb    3/3\na\n");
+    }
+}

@@ -8,22 +8,16 @@
 //! `shim.lock` (locked by the live shim), and the overlay's `upper/`, `work/` and `rootfs/`.
 //! Names are reserved race-free as symlinks `ROOT/names/<name>` → id.
 
-#[cfg(gantry_wip)]
 mod error;
-#[cfg(gantry_wip)]
 mod lifecycle;
 pub mod logs;
 pub mod net;
 pub mod rootfs;
 pub mod security;
-#[cfg(gantry_wip)]
 pub mod spec;
-#[cfg(gantry_wip)]
 pub mod state;
 
-#[cfg(gantry_wip)]
 pub use error::ContainerError;
-#[cfg(gantry_wip)]
 pub use lifecycle::{ContainerInfo, RunOptions, Runtime, StartedContainer};
 
 /// The spec file in a container's directory.

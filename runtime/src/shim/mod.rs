@@ -19,12 +19,9 @@
 //! - It never forks or unshares with more than one thread: it is exec'd fresh and dispatched
 //!   from `main` before anything else runs.
 
-#[cfg(gantry_wip)]
 mod init;
-#[cfg(gantry_wip)]
 mod supervisor;
 
-#[cfg(gantry_wip)]
 pub use init::InitFailure;
 
 /// The hidden first argument that turns `gantry` into a shim.
@@ -45,13 +42,7 @@ pub fn dispatch_hidden() -> Option<i32> {
         return Some(125);
     };
     let attach = args.any(|a| a == "--attach");
-    #[cfg(gantry_wip)]
-    return Some(supervisor::main(std::path::Path::new(&dir), attach));
-    #[cfg(not(gantry_wip))]
-    {
-        let _ = (dir, attach);
-        Some(125)
-    }
+    Some(supervisor::main(std::path::Path::new(&dir), attach))
 }
 
 /// One status line from the shim.
