@@ -323,3 +323,48 @@ fn writes_go_to_the_containers_own_layer() {
         "hi\n"
     );
 }
+
+#[test]
+fn foreground_run_forwards_sigterm_to_the_container() {
+    let root = Root::with_sample();
+    let mut child = root
+        .command(&["run", "--rm", "--name", "fg", IMAGE, WL, "serve", "--port", "8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start gantry run");
+    wait_for("the container to run", Duration::from_secs(10), || {
+        root.ok(&["ps"]).contains("fg")
+    });
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait()));
+    let status = rx.recv_timeout(Duration::from_secs(20)).expect("gantry run exits").unwrap();
+    assert_eq!(status.code(), Some(0), "the workload exits 0 on SIGTERM and run passes it on");
+    assert_eq!(root.ok(&["ps", "-a", "-q"]).trim(), "", "--rm removed it");
+}
+
+#[test]
+fn logs_tail_prints_only_the_last_lines() {
+    let root = Root::with_sample();
+    root.ok(&["run", "--name", "count", IMAGE, "/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done"]);
+    assert_eq!(root.ok(&["logs", "--tail", "2", "count"]), "line4\nline5\n");
+    let stamped = root.ok(&["logs", "-t", "--tail", "1", "count"]);
+    assert!(stamped.ends_with("Z line5\n") && stamped.starts_with("20"), "{stamped}");
+}
+
+#[test]
+fn ps_lists_running_containers_in_docker_columns() {
+    let root = Root::with_sample();
+    root.ok(&["run", "-d", "--name", "sleeper", IMAGE, "/bin/sleep", "1000"]);
+    let out = root.ok(&["ps"]);
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    for col in ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = lines.next().expect("one container");
+    assert!(row.contains("Up ") && row.ends_with("sleeper"), "{row}");
+    root.ok(&["rm", "-f", "sleeper"]);
+}
