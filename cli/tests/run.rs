@@ -328,7 +328,9 @@ fn writes_go_to_the_containers_own_layer() {
 fn foreground_run_forwards_sigterm_to_the_container() {
     let root = Root::with_sample();
     let mut child = root
-        .command(&["run", "--rm", "--name", "fg", IMAGE, WL, "serve", "--port", "8080"])
+        .command(&[
+            "run", "--rm", "--name", "fg", IMAGE, WL, "serve", "--port", "8080",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -337,34 +339,118 @@ fn foreground_run_forwards_sigterm_to_the_container() {
         root.ok(&["ps"]).contains("fg")
     });
     let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(child.wait()));
-    let status = rx.recv_timeout(Duration::from_secs(20)).expect("gantry run exits").unwrap();
-    assert_eq!(status.code(), Some(0), "the workload exits 0 on SIGTERM and run passes it on");
+    let status = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("gantry run exits")
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the workload exits 0 on SIGTERM and run passes it on"
+    );
     assert_eq!(root.ok(&["ps", "-a", "-q"]).trim(), "", "--rm removed it");
 }
 
 #[test]
 fn logs_tail_prints_only_the_last_lines() {
     let root = Root::with_sample();
-    root.ok(&["run", "--name", "count", IMAGE, "/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done"]);
+    root.ok(&[
+        "run",
+        "--name",
+        "count",
+        IMAGE,
+        "/bin/sh",
+        "-c",
+        "for i in 1 2 3 4 5; do echo line$i; done",
+    ]);
     assert_eq!(root.ok(&["logs", "--tail", "2", "count"]), "line4\nline5\n");
     let stamped = root.ok(&["logs", "-t", "--tail", "1", "count"]);
-    assert!(stamped.ends_with("Z line5\n") && stamped.starts_with("20"), "{stamped}");
+    assert!(
+        stamped.ends_with("Z line5\n") && stamped.starts_with("20"),
+        "{stamped}"
+    );
 }
 
 #[test]
 fn ps_lists_running_containers_in_docker_columns() {
     let root = Root::with_sample();
-    root.ok(&["run", "-d", "--name", "sleeper", IMAGE, "/bin/sleep", "1000"]);
+    root.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "sleeper",
+        IMAGE,
+        "/bin/sleep",
+        "1000",
+    ]);
     let out = root.ok(&["ps"]);
     let mut lines = out.lines();
     let header = lines.next().unwrap();
-    for col in ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"] {
+    for col in [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "NAMES",
+    ] {
         assert!(header.contains(col), "{header}");
     }
     let row = lines.next().expect("one container");
     assert!(row.contains("Up ") && row.ends_with("sleeper"), "{row}");
     root.ok(&["rm", "-f", "sleeper"]);
+}
+
+#[test]
+fn devices_cgroup_blocks_host_devices_even_with_cap_mknod() {
+    let root = Root::with_sample();
+    // CAP_MKNOD lets the container make an allowed node (null), but the devices controller
+    // refuses to make (or open) the host's disk.
+    let (major, minor) = host_block_device();
+    let script = format!(
+        "mknod /tmp/null c 1 3 && echo MADE_NULL; \
+         mknod /tmp/disk b {major} {minor} 2>/dev/null && echo MADE_DISK; \
+         head -c 1 /tmp/disk >/dev/null 2>&1 && echo OPENED; true"
+    );
+    let out = root.ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "MKNOD",
+        IMAGE,
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.contains("MADE_NULL"), "CAP_MKNOD was granted: {out}");
+    assert!(
+        !out.contains("MADE_DISK"),
+        "the devices cgroup refuses the host disk: {out}"
+    );
+    assert!(
+        !out.contains("OPENED"),
+        "a host disk must not be readable: {out}"
+    );
+}
+
+/// The major/minor of the block device holding `/`.
+fn host_block_device() -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata("/").unwrap().dev();
+    (libc_major(dev), libc_minor(dev))
+}
+
+fn libc_major(dev: u64) -> u64 {
+    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
+}
+
+fn libc_minor(dev: u64) -> u64 {
+    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
 }
