@@ -29,7 +29,7 @@ pub enum ImageCommand {
     Rm {
         /// Image references: name[:tag], id or id prefix.
         #[arg(required = true)]
-        images: Vec<String>,
+        references: Vec<String>,
     },
 }
 
@@ -85,20 +85,17 @@ pub fn run(root: &RuntimeRoot, cmd: ImageCommand) -> anyhow::Result<i32> {
                         tag,
                         short_id(i),
                         human_size(i.size),
-                        format!("{} ago", human_age(now.saturating_sub(i.imported_at))),
+                        format!("{} ago", human_age(now.saturating_sub(created_secs(i)))),
                     ]);
                 }
             }
-            super::print_table(
-                &["REPOSITORY", "TAG", "IMAGE ID", "SIZE", "IMPORTED"],
-                &rows,
-            );
+            super::print_table(&["REPOSITORY", "TAG", "IMAGE ID", "SIZE", "CREATED"], &rows);
             Ok(0)
         }
-        ImageCommand::Rm { images } => {
+        ImageCommand::Rm { references } => {
             let in_use = Runtime::new(root.clone()).list().unwrap_or_default();
             let mut failed = false;
-            for reference in images {
+            for reference in references {
                 let result = store
                     .resolve(&reference)
                     .map_err(anyhow::Error::from)
@@ -154,6 +151,65 @@ fn human_age(secs: u64) -> String {
         0..=59 => format!("{secs} seconds"),
         60..=3599 => format!("{} minutes", secs / 60),
         3600..=172_799 => format!("{} hours", secs / 3600),
-        _ => format!("{} days", secs / 86_400),
+        172_800..=5_183_999 => format!("{} days", secs / 86_400),
+        5_184_000..=63_071_999 => format!("{} months", secs / 2_592_000),
+        _ => format!("{} years", secs / 31_536_000),
+    }
+}
+
+/// Unix seconds of the image's `created` (RFC 3339, UTC or with an offset), falling back to
+/// the import time when absent or unparsable.
+fn created_secs(image: &Image) -> u64 {
+    image
+        .created
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .unwrap_or(image.imported_at)
+}
+
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut secs = days * 86_400 + h * 3600 + mi * 60 + sec;
+    let tail = s
+        .get(19..)?
+        .trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+    if let Some(off) = tail.strip_prefix(['+', '-']) {
+        let oh = off.get(0..2)?.parse::<i64>().ok()?;
+        let om = off.get(3..5)?.parse::<i64>().ok()?;
+        let sign = if tail.starts_with('+') { 1 } else { -1 };
+        secs -= sign * (oh * 3600 + om * 60);
+    }
+    u64::try_from(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_parse_to_unix_seconds() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2026-01-01T00:00:00Z"), Some(1_767_225_600));
+        assert_eq!(
+            parse_rfc3339("2026-01-01T01:00:00.123456789+01:00"),
+            Some(1_767_225_600)
+        );
+        assert_eq!(parse_rfc3339("garbage"), None);
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(1_500_000), "1.500MB");
     }
 }

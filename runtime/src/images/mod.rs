@@ -427,7 +427,7 @@ impl ImageStore {
             return Ok((actual, size));
         }
         std::fs::rename(&tmp.0, &dest).map_err(io_err(&dest))?;
-        std::mem::forget(tmp);
+        // `tmp` now names nothing; dropping it removes nothing.
         Ok((actual, size))
     }
 }
