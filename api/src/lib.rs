@@ -1,5 +1,16 @@
-//! Gantry's API types: quantities, object types, validation and (later) the protobuf
-//! services. Depends on nothing else of Gantry's.
+//! Gantry's API types: quantities, object types, validation and the protobuf services.
+//! Depends on nothing else of Gantry's.
+//!
+//! - [`quantity`]: resource quantities (`500m`, `64Mi`).
+//! - [`objects`]: the object kinds stored by the control plane and their validation.
+//! - [`proto`]: the generated gRPC services (`RaftService`, `ObjectService`) and messages.
 #![forbid(unsafe_code)]
 
+pub mod objects;
 pub mod quantity;
+
+/// Generated protobuf messages and tonic clients/servers of `proto/gantry.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("gantry.v1");
+}

@@ -28,6 +28,11 @@ enum Command {
     Image(commands::image::ImageCommand),
     #[command(flatten)]
     Container(commands::container::ContainerCommand),
+    /// Run a control-plane member.
+    Server(commands::server::ServerArgs),
+    /// Control-plane membership: ls, remove.
+    #[command(subcommand)]
+    Members(commands::members::MembersCommand),
 }
 
 fn main() {
@@ -39,6 +44,8 @@ fn main() {
     let result = match cli.command {
         Command::Image(cmd) => commands::image::run(&root, cmd),
         Command::Container(cmd) => commands::container::run(&root, cmd),
+        Command::Server(args) => commands::server::run(args),
+        Command::Members(cmd) => commands::members::run(cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,402 @@
+//! The control-plane member: [`run`] opens the store, starts Raft, serves `RaftService` and
+//! `ObjectService` on one listener, initialises or joins the cluster, runs the
+//! [`LeaderTask`]s while leader, and shuts down cleanly when its token is cancelled.
+//!
+//! A data directory holds `identity.json` (member id, name, cluster id) and the sled database
+//! `db/`. The identity is written once, before the member takes part in any cluster, so a
+//! restart can never change which cluster a directory belongs to.
+
+pub mod api;
+pub mod identity;
+pub mod leader;
+
+pub use api::{ApiError, ObjectApi};
+pub use identity::Identity;
+pub use leader::{LeaderContext, LeaderTask};
+
+use crate::raft::{GrpcNetwork, RaftConfigError, RaftGrpc, RaftTuning, MAX_MESSAGE_BYTES};
+use crate::store::{KvBackend, LogStore, SledBackend, StateMachine, StoreError};
+use crate::types::{MemberNode, Raft};
+use gantry_api::proto::object_service_client::ObjectServiceClient;
+use gantry_api::proto::object_service_server::ObjectServiceServer;
+use gantry_api::proto::raft_service_server::RaftServiceServer;
+use gantry_api::proto::{AddMemberRequest, MembersRequest};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How a member enters a cluster when its data directory is new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Start a new single-member cluster.
+    Init,
+    /// Join the cluster of the member at this address (`host:port`).
+    Join(String),
+    /// Only restart from an existing data directory.
+    Restart,
+}
+
+/// Everything a member needs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The member's name (a DNS-1123 label).
+    pub name: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The address peers and clients reach it at; default: the listener's address.
+    pub advertise: Option<String>,
+    /// Init, join or restart.
+    pub bootstrap: Bootstrap,
+    /// Raft timing and compaction.
+    pub raft: RaftTuning,
+    /// Deadline of a write or linearizable read (no quorum → unavailable).
+    pub request_timeout: Duration,
+    /// Changes kept for watch resumption.
+    pub watch_history: u64,
+    /// Events buffered per watcher before it blocks; a watcher that falls further behind the
+    /// shared ring is cut off.
+    pub watch_buffer: usize,
+    /// Live changes buffered for all watchers; a watcher further behind is cut off.
+    pub watch_ring: usize,
+    /// Work run only while this member leads.
+    pub leader_tasks: Vec<Arc<dyn LeaderTask>>,
+}
+
+impl ServerConfig {
+    /// A configuration with defaults: 5 s request deadline, 10,000 changes of history.
+    pub fn new(
+        name: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        bootstrap: Bootstrap,
+    ) -> Self {
+        ServerConfig {
+            name: name.into(),
+            data_dir: data_dir.into(),
+            advertise: None,
+            bootstrap,
+            raft: RaftTuning::default(),
+            request_timeout: Duration::from_secs(5),
+            watch_history: crate::store::state_machine::DEFAULT_HISTORY,
+            watch_buffer: 256,
+            watch_ring: crate::store::state_machine::DEFAULT_RING,
+            leader_tasks: Vec::new(),
+        }
+    }
+}
+
+/// Errors that stop a member.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A setting is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The Raft configuration is invalid.
+    #[error(transparent)]
+    RaftConfig(#[from] RaftConfigError),
+    /// The data directory cannot be used.
+    #[error("data dir {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Joining failed.
+    #[error("join {addr}: {message}")]
+    Join {
+        /// The address given to `--join`.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// Raft failed.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Socket error.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn connect(addr: &str) -> Result<ObjectServiceClient<tonic::transport::Channel>, String> {
+    let ch = crate::raft::network::channel(addr).map_err(|e| format!("invalid address: {e}"))?;
+    Ok(ObjectServiceClient::new(ch))
+}
+
+/// Asks `addr` for its cluster id, proving it is a Gantry member.
+async fn cluster_of(addr: &str) -> Result<String, ServerError> {
+    let err = |message: String| ServerError::Join {
+        addr: addr.to_string(),
+        message,
+    };
+    let mut client = connect(addr).await.map_err(err)?;
+    let call = client.members(MembersRequest {});
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Err(_) => Err(err("no answer within 10s".into())),
+        Ok(Err(s)) => Err(err(format!(
+            "not a reachable gantry control-plane member ({}: {})",
+            s.code(),
+            s.message()
+        ))),
+        Ok(Ok(r)) => {
+            let id = r.into_inner().cluster_id;
+            if id.is_empty() {
+                Err(err("the member there belongs to no cluster yet".into()))
+            } else {
+                Ok(id)
+            }
+        }
+    }
+}
+
+/// Resolves this member's identity from its data dir and bootstrap mode. Returns it and
+/// whether the directory was new.
+async fn resolve_identity(config: &ServerConfig) -> Result<(Identity, bool), ServerError> {
+    let existing = Identity::load(&config.data_dir)?;
+    match (existing, &config.bootstrap) {
+        (Some(id), Bootstrap::Join(addr)) => {
+            let theirs = cluster_of(addr).await?;
+            if theirs != id.cluster_id {
+                return Err(ServerError::DataDir {
+                    path: config.data_dir.display().to_string(),
+                    message: format!(
+                        "belongs to cluster {} but {addr} is a member of cluster {theirs}",
+                        id.cluster_id
+                    ),
+                });
+            }
+            check_name(&id, config)?;
+            Ok((id, false))
+        }
+        (Some(id), _) => {
+            check_name(&id, config)?;
+            Ok((id, false))
+        }
+        (None, Bootstrap::Restart) => Err(ServerError::DataDir {
+            path: config.data_dir.display().to_string(),
+            message: "holds no member: pass --init to start a cluster or --join ADDR".into(),
+        }),
+        (None, Bootstrap::Init) => {
+            let id = Identity::fresh(&config.name, None);
+            id.save(&config.data_dir)?;
+            Ok((id, true))
+        }
+        (None, Bootstrap::Join(addr)) => {
+            let cluster = cluster_of(addr).await?;
+            let id = Identity::fresh(&config.name, Some(cluster));
+            id.save(&config.data_dir)?;
+            Ok((id, true))
+        }
+    }
+}
+
+fn check_name(id: &Identity, config: &ServerConfig) -> Result<(), ServerError> {
+    if id.name != config.name {
+        return Err(ServerError::DataDir {
+            path: config.data_dir.display().to_string(),
+            message: format!("belongs to member {:?}, not {:?}", id.name, config.name),
+        });
+    }
+    Ok(())
+}
+
+/// A running member's handles, for embedding (tests, the CLI). The store keeps the sled
+/// database open (and locked) until every clone is dropped.
+#[derive(Clone)]
+pub struct MemberHandle {
+    /// The Raft handle.
+    pub raft: Raft,
+    /// The local object store.
+    pub store: crate::store::ObjectStore,
+    /// Identity.
+    pub identity: Identity,
+    /// The advertised address.
+    pub addr: String,
+}
+
+/// Runs one member until `shutdown` is cancelled.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    run_with(config, listener, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `started` with the member's handles once it serves.
+pub async fn run_with(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    started: impl FnOnce(MemberHandle),
+) -> Result<(), ServerError> {
+    gantry_api::objects::validate_name(&config.name)
+        .map_err(|e| ServerError::Config(format!("--name: {e}")))?;
+    let addr = match &config.advertise {
+        Some(a) => a.clone(),
+        None => listener.local_addr()?.to_string(),
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let (identity, _) = resolve_identity(&config).await?;
+    let kv: Arc<dyn KvBackend> = Arc::new(SledBackend::open(&config.data_dir.join("db"))?);
+    let sm = StateMachine::open_with_ring(kv.clone(), config.watch_history, config.watch_ring)?;
+    let store = sm.object_store();
+    let raft_config = Arc::new(config.raft.to_config()?);
+    let raft = Raft::new(
+        identity.id,
+        raft_config,
+        GrpcNetwork::new(&identity.cluster_id),
+        LogStore::new(kv.clone()),
+        sm,
+    )
+    .await
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+    // Pristine (no vote, no log) rather than "new directory": a member that crashed between
+    // saving its identity and initialising or joining finishes that step on restart.
+    let pristine = !raft
+        .is_initialized()
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+    let api = ObjectApi::new(
+        identity.id,
+        raft.clone(),
+        store.clone(),
+        &identity.cluster_id,
+        config.request_timeout,
+        config.watch_buffer,
+    );
+    let stop_serving = CancellationToken::new();
+    let server = {
+        let stop = stop_serving.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                RaftServiceServer::new(RaftGrpc::new(raft.clone(), &identity.cluster_id))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ObjectServiceServer::new(api)
+                    .max_decoding_message_size(api::MAX_API_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            );
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+        })
+    };
+    tracing::info!(member = %config.name, id = identity.id, cluster = %identity.cluster_id,
+        %addr, "listening");
+
+    let ctx = LeaderContext {
+        raft: raft.clone(),
+        store: store.clone(),
+        member: config.name.clone(),
+    };
+    let stop_leadership = shutdown.child_token();
+    let leadership = tokio::spawn(leader::watch_leadership(
+        identity.id,
+        ctx,
+        config.leader_tasks.clone(),
+        stop_leadership.clone(),
+    ));
+
+    let node = MemberNode {
+        name: config.name.clone(),
+        addr: addr.clone(),
+    };
+    let joined = match (&config.bootstrap, pristine) {
+        (Bootstrap::Init, true) => raft
+            .initialize(BTreeMap::from([(identity.id, node)]))
+            .await
+            .map_err(|e| ServerError::Raft(format!("initialize: {e}"))),
+        (Bootstrap::Join(join), true) => join_cluster(join, &identity, &node, &shutdown).await,
+        _ => Ok(()),
+    };
+    if joined.is_ok() {
+        started(MemberHandle {
+            raft: raft.clone(),
+            store,
+            identity: identity.clone(),
+            addr: addr.clone(),
+        });
+        shutdown.cancelled().await;
+        tracing::info!(member = %config.name, "shutting down");
+    }
+
+    // openraft 0.9 has no leadership transfer; followers elect a new leader after their
+    // election timeout.
+    stop_leadership.cancel();
+    let _ = leadership.await;
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    stop_serving.cancel();
+    let served = server.await;
+    kv.flush().await?;
+    joined?;
+    match served {
+        Ok(r) => r?,
+        Err(e) => return Err(ServerError::Raft(format!("server task: {e}"))),
+    }
+    tracing::info!(member = %config.name, "stopped");
+    Ok(())
+}
+
+/// Asks `join` to add this member, retrying while the cluster is busy.
+async fn join_cluster(
+    join: &str,
+    identity: &Identity,
+    node: &MemberNode,
+    shutdown: &CancellationToken,
+) -> Result<(), ServerError> {
+    let err = |message: String| ServerError::Join {
+        addr: join.to_string(),
+        message,
+    };
+    let mut client = connect(join).await.map_err(err)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let req = AddMemberRequest {
+            id: identity.id,
+            name: node.name.clone(),
+            addr: node.addr.clone(),
+        };
+        match client.add_member(req).await {
+            Ok(r) => {
+                let cluster = r.into_inner().cluster_id;
+                if cluster != identity.cluster_id {
+                    return Err(err(format!(
+                        "joined cluster {cluster}, expected {}",
+                        identity.cluster_id
+                    )));
+                }
+                tracing::info!(member = %node.name, via = %join, "joined cluster");
+                return Ok(());
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tracing::info!(member = %node.name, via = %join, reason = %s.message(),
+                    "join not accepted yet, retrying");
+            }
+            Err(s) => return Err(err(format!("{}: {}", s.code(), s.message()))),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(err("shut down while joining".into())),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

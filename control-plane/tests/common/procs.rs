@@ -1,0 +1,102 @@
+//! Member processes: the test binary re-executes itself as a member.
+#![allow(dead_code)]
+
+use super::*;
+use gantry_api::proto::{self, MembersRequest};
+use gantry_control_plane::server::{run, Bootstrap, ServerConfig};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const SPEC: &str = "GANTRY_TEST_MEMBER";
+
+/// Runs a member when this process was started as one (`SPEC` set); otherwise returns.
+pub fn member_main() {
+    let Ok(spec) = std::env::var(SPEC) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let [name, dir, addr, boot] = parts[..] else {
+        panic!("bad {SPEC}: {spec}");
+    };
+    let bootstrap = match boot {
+        "init" => Bootstrap::Init,
+        "restart" => Bootstrap::Restart,
+        join => Bootstrap::Join(join.to_string()),
+    };
+    init_tracing();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let config = ServerConfig::new(name, dir, bootstrap);
+        let never = tokio_util::sync::CancellationToken::new();
+        run(config, listener, never).await.unwrap();
+    });
+}
+
+/// A member process, killed with SIGKILL when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub addr: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, root: &Path, addr: &str, boot: &str) -> Proc {
+        let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "member_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                SPEC,
+                format!("{name}|{}|{addr}|{boot}", root.join(name).display()),
+            )
+            .env("RUST_LOG", "info,openraft=error")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            name: name.to_string(),
+            addr: addr.to_string(),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+pub async fn try_client(addr: &str) -> Option<Client> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3))
+        .connect_lazy();
+    Some(proto::object_service_client::ObjectServiceClient::new(ch))
+}
+
+pub async fn members_of(addr: &str) -> Option<proto::MembersResponse> {
+    let mut c = try_client(addr).await?;
+    c.members(MembersRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}

@@ -1,0 +1,348 @@
+//! Figures, not a timed test: write throughput and latency of a three-process cluster at 1,
+//! 16 and 64 concurrent clients, resident memory with 10,000 objects, and failover time.
+//!
+//! Run: `cargo test -p gantry-control-plane --release --test figures -- --ignored --nocapture`
+
+mod common;
+
+use common::procs::*;
+use common::*;
+use gantry_api::proto;
+use std::time::{Duration, Instant};
+
+/// Entry point of a member process; a no-op in a normal test run.
+#[test]
+fn member_process() {
+    common::procs::member_main();
+}
+
+fn create_req(name: &str) -> proto::CreateRequest {
+    proto::CreateRequest {
+        object: Some(proto::Object {
+            kind: "Node".into(),
+            name: name.into(),
+            resource_version: 0,
+            json: node_json(name, serde_json::json!({"cpu": "2", "memory": "4Gi"})),
+        }),
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn load(addrs: &[String], clients: usize, secs: u64, prefix: &str) -> (usize, Vec<Duration>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = try_client(&addrs[c % addrs.len()]).await.unwrap();
+        let prefix = format!("{prefix}-{c}");
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if client
+                    .create(create_req(&format!("{prefix}-{i}")))
+                    .await
+                    .is_ok()
+                {
+                    lat.push(t.elapsed());
+                }
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    (all.len(), all)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "figures: run explicitly with --ignored --nocapture"]
+async fn figures() {
+    let root = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let mut procs = vec![Proc::spawn("s1", root.path(), &addrs[0], "init")];
+    wait_for("s1 to lead", || async {
+        members_of(&addrs[0])
+            .await?
+            .members
+            .iter()
+            .any(|m| m.leader)
+            .then_some(())
+    })
+    .await;
+    procs.push(Proc::spawn("s2", root.path(), &addrs[1], &addrs[0]));
+    procs.push(Proc::spawn("s3", root.path(), &addrs[2], &addrs[0]));
+    wait_for("three voters", || async {
+        let m = members_of(&addrs[0]).await?;
+        (m.members.iter().filter(|m| m.voter).count() == 3).then_some(())
+    })
+    .await;
+    let leader = members_of(&addrs[0])
+        .await
+        .unwrap()
+        .members
+        .into_iter()
+        .find(|m| m.leader)
+        .unwrap()
+        .addr;
+    let leader_only = vec![leader.clone()];
+
+    // Clients talk to the leader, as etcd clients do.
+    let mut total = 0;
+    for clients in [1usize, 16, 64] {
+        let secs = 5;
+        let (n, lat) = load(&leader_only, clients, secs, &format!("c{clients}")).await;
+        total += n;
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64) * p) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        println!(
+            "clients={clients:<3} writes/s={:>8.0} p50={:?} p99={:?}",
+            n as f64 / secs as f64,
+            pct(0.50),
+            pct(0.99)
+        );
+    }
+
+    // Top up to 10,000 objects, then resident memory of every member.
+    while total < 10_000 {
+        let (n, _) = load(&leader_only, 64, 2, &format!("fill{total}")).await;
+        total += n;
+    }
+    wait_for("followers to apply", || async {
+        let m = members_of(&leader).await?;
+        let max = m.members.iter().map(|m| m.last_applied).max()?;
+        m.members
+            .iter()
+            .all(|m| m.last_applied == max)
+            .then_some(())
+    })
+    .await;
+    for p in &procs {
+        println!(
+            "objects={total} member={} rss={} KiB",
+            p.name,
+            rss_kib(p.child.id())
+        );
+    }
+
+    // Failover: kill -9 the leader; time until a write is accepted by the new leader.
+    let others: Vec<String> = addrs.iter().filter(|a| **a != leader).cloned().collect();
+    let mut clients = Vec::new();
+    for a in &others {
+        clients.push(try_client(a).await.unwrap());
+    }
+    procs.iter_mut().find(|p| p.addr == leader).unwrap().kill9();
+    let killed = Instant::now();
+    let mut i = 0;
+    loop {
+        let n = clients.len();
+        let c = &mut clients[i % n];
+        if c.create(create_req(&format!("after-{i}"))).await.is_ok() {
+            break;
+        }
+        i += 1;
+        assert!(killed.elapsed() < DEADLINE, "no new leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "failover: first write accepted {:?} after SIGKILL of the leader",
+        killed.elapsed()
+    );
+}
+
+/// An etcd member process, killed when dropped.
+struct Etcd(std::process::Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection to etcd's JSON gateway (`/v3/kv/put`).
+struct EtcdConn(tokio::io::BufStream<tokio::net::TcpStream>, String);
+
+impl EtcdConn {
+    async fn connect(addr: &str) -> Option<Self> {
+        let s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.set_nodelay(true).ok()?;
+        Some(EtcdConn(tokio::io::BufStream::new(s), addr.to_string()))
+    }
+
+    async fn put(&mut self, key: &str, value: &[u8]) -> Option<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let b64 = |b: &[u8]| {
+            const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut out = String::new();
+            for c in b.chunks(3) {
+                let n = (u32::from(c[0]) << 16)
+                    | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                    | u32::from(*c.get(2).unwrap_or(&0));
+                for i in 0..4 {
+                    if i <= c.len() {
+                        out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                    } else {
+                        out.push('=');
+                    }
+                }
+            }
+            out
+        };
+        let body = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            b64(key.as_bytes()),
+            b64(value)
+        );
+        let req = format!(
+            "POST /v3/kv/put HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            self.1,
+            body.len(),
+            body
+        );
+        self.0.write_all(req.as_bytes()).await.ok()?;
+        self.0.flush().await.ok()?;
+        let mut status = String::new();
+        self.0.read_line(&mut status).await.ok()?;
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            self.0.read_line(&mut line).await.ok()?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().ok()?;
+            }
+        }
+        let mut buf = vec![0; len];
+        self.0.read_exact(&mut buf).await.ok()?;
+        status.contains(" 200 ").then_some(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "figures: run explicitly with --ignored --nocapture (needs Debian's etcd-server)"]
+async fn figures_etcd() {
+    let root = tempfile::tempdir().unwrap();
+    let client: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let peer: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let cluster = (0..3)
+        .map(|i| format!("e{i}=http://{}", peer[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        let child = std::process::Command::new("etcd")
+            .args([
+                "--name",
+                &format!("e{i}"),
+                "--data-dir",
+                &root.path().join(format!("e{i}")).display().to_string(),
+                "--listen-client-urls",
+                &format!("http://{}", client[i]),
+                "--advertise-client-urls",
+                &format!("http://{}", client[i]),
+                "--listen-peer-urls",
+                &format!("http://{}", peer[i]),
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", peer[i]),
+                "--initial-cluster",
+                &cluster,
+                "--initial-cluster-state",
+                "new",
+                "--log-level",
+                "error",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd (Debian etcd-server) is installed");
+        procs.push(Etcd(child));
+    }
+    // Wait until etcd serves, then find its leader and load it, as with Gantry.
+    let value = node_json("n", serde_json::json!({"cpu": "2", "memory": "4Gi"}));
+    wait_for("etcd to serve", || async {
+        let mut c = EtcdConn::connect(&client[0]).await?;
+        c.put("probe", &value).await
+    })
+    .await;
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &client.join(","),
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ])
+        .output()
+        .expect("etcdctl");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let leader = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["Status"]["leader"] == e["Status"]["header"]["member_id"])
+        .and_then(|e| e["Endpoint"].as_str())
+        .map(|e| e.trim_start_matches("http://").to_string())
+        .expect("an etcd leader");
+    for clients in [1usize, 16, 64] {
+        let secs = 5;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let mut conn = EtcdConn::connect(&leader).await.unwrap();
+            let value = value.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if conn
+                        .put(&format!("/nodes/c{clients}-{c}-{i}"), &value)
+                        .await
+                        .is_some()
+                    {
+                        lat.push(t.elapsed());
+                    }
+                    i += 1;
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort();
+        let pct = |p: f64| {
+            all.get(((all.len() as f64) * p) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        println!(
+            "etcd clients={clients:<3} writes/s={:>8.0} p50={:?} p99={:?}",
+            all.len() as f64 / secs as f64,
+            pct(0.50),
+            pct(0.99)
+        );
+    }
+    drop(procs);
+}
