@@ -20,6 +20,7 @@
 //!   from `main` before anything else runs.
 
 mod init;
+mod memory;
 mod supervisor;
 
 pub use init::InitFailure;

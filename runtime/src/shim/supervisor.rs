@@ -256,6 +256,7 @@ impl Shim<'_> {
         }
         self.save();
         report(self.status.as_ref(), &StatusLine::Started(child.as_raw()));
+        super::memory::trim_clean_file_pages();
 
         let wait_status = self.pump(child, &out_r, &err_r, &sigfd, &mut log);
         let _ = log.flush();
