@@ -214,13 +214,14 @@ if [ $do_gantry = 1 ]; then
   state="$groot/containers/$id/state.json"
   shim_pid=""
   for _ in $(seq 100); do
-    shim_pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("shim_pid") or "")' "$state" 2>/dev/null || true)"
+    shim_pid="$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s.get("shim_pid") or "" if s.get("status") == "running" else "")' "$state" 2>/dev/null || true)"
     [ -n "$shim_pid" ] && break
     sleep 0.05
   done
   [ -n "$shim_pid" ] || die "no shim_pid in $state"
-  tr '\0' ' ' <"/proc/$shim_pid/cmdline" | grep -q '__shim' \
-    || die "pid $shim_pid from $state is not a gantry shim: $(tr '\0' ' ' <"/proc/$shim_pid/cmdline")"
+  sleep 0.2  # the shim trims its memory right after reporting the container started
+  [ "$(cat "/proc/$shim_pid/comm")" = gantry-shim ] \
+    || die "pid $shim_pid from $state is not a gantry shim: $(cat "/proc/$shim_pid/comm")"
   python3 "$lib" rss "$shim_pid" "$out/rss-shim.json" "gantry shim"
   rss_files+=("$out/rss-shim.json")
   stop_args=()

@@ -17,7 +17,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -268,8 +268,44 @@ impl Runtime {
         let dir = self.root.container_dir(&spec.id);
         let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
             .map_err(|e| ContainerError::Other(format!("cannot create the status pipe: {e}")))?;
+        if is_single_threaded() {
+            fork_shim(&dir, attach, status_w)?;
+        } else {
+            self.exec_shim(&dir, attach, status_w)?;
+        }
+        let mut started = StartedContainer {
+            spec: spec.clone(),
+            pid: 0,
+            status: File::from(status_r),
+            pending: Vec::new(),
+            dir: dir.clone(),
+        };
+        match started.next_line(None::<(&SignalFd, fn(i32))>)? {
+            Some(StatusLine::Started(pid)) => {
+                started.pid = pid;
+                tracing::debug!(container = %spec.id, pid, "started");
+                Ok(started)
+            }
+            Some(StatusLine::Failed(code, msg)) => Err(match code {
+                127 => ContainerError::CommandNotFound(msg),
+                126 => ContainerError::CommandNotExecutable(msg),
+                _ => ContainerError::StartFailed(msg),
+            }),
+            _ => {
+                let detail = ContainerState::read(&dir.join(STATE_FILE))
+                    .ok()
+                    .and_then(|s| s.error)
+                    .unwrap_or_else(|| "the shim exited without reporting".into());
+                Err(ContainerError::StartFailed(detail))
+            }
+        }
+    }
+
+    /// Starts the shim as a fresh `gantry __shim` process: the only safe way from a
+    /// multi-threaded starter (an agent), where forking without exec is not.
+    fn exec_shim(&self, dir: &Path, attach: bool, status_w: OwnedFd) -> Result<(), ContainerError> {
         let mut cmd = Command::new(&self.shim_program);
-        cmd.arg(SHIM_ARG).arg(&dir);
+        cmd.arg(SHIM_ARG).arg(dir);
         if attach {
             cmd.arg("--attach");
         } else {
@@ -300,33 +336,7 @@ impl Runtime {
         drop(status_w);
         // The first shim process forks the real shim and exits at once.
         let _ = child.wait();
-
-        let mut started = StartedContainer {
-            spec: spec.clone(),
-            pid: 0,
-            status: File::from(status_r),
-            pending: Vec::new(),
-            dir: dir.clone(),
-        };
-        match started.next_line(None::<(&SignalFd, fn(i32))>)? {
-            Some(StatusLine::Started(pid)) => {
-                started.pid = pid;
-                tracing::debug!(container = %spec.id, pid, "started");
-                Ok(started)
-            }
-            Some(StatusLine::Failed(code, msg)) => Err(match code {
-                127 => ContainerError::CommandNotFound(msg),
-                126 => ContainerError::CommandNotExecutable(msg),
-                _ => ContainerError::StartFailed(msg),
-            }),
-            _ => {
-                let detail = ContainerState::read(&dir.join(STATE_FILE))
-                    .ok()
-                    .and_then(|s| s.error)
-                    .unwrap_or_else(|| "the shim exited without reporting".into());
-                Err(ContainerError::StartFailed(detail))
-            }
-        }
+        Ok(())
     }
 
     /// Lists every container under the root, oldest first.
@@ -573,6 +583,54 @@ impl StartedContainer {
                 }
             }
         }
+    }
+}
+
+/// Whether this process runs a single thread, so that it may fork without exec.
+fn is_single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim() == "1"))
+        })
+        .unwrap_or(false)
+}
+
+/// Starts the shim by forking this (single-threaded) process, saving the exec of a fresh
+/// `gantry`: the CLI's `gantry run` path, where start-up latency is the product.
+fn fork_shim(dir: &Path, attach: bool, status_w: OwnedFd) -> Result<(), ContainerError> {
+    use std::io::Write;
+    // Buffered output would otherwise be written twice, once by each process.
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: the caller checked that this process has one thread; the child runs only the
+    // shim (which is written for a single-threaded process) and leaves with _exit.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let null = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open("/dev/null");
+            if let Ok(null) = &null {
+                let _ = nix::unistd::dup2_stdin(null);
+                if !attach {
+                    let _ = nix::unistd::dup2_stdout(null);
+                    let _ = nix::unistd::dup2_stderr(null);
+                }
+            }
+            drop(null);
+            let code = crate::shim::run_forked(dir, attach, File::from(status_w));
+            // SAFETY: _exit skips the starter's destructors and buffers, which this copy of
+            // its address space must not run.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(status_w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            Ok(())
+        }
+        Err(e) => Err(ContainerError::Other(format!("cannot fork the shim: {e}"))),
     }
 }
 

@@ -46,6 +46,12 @@ pub fn dispatch_hidden() -> Option<i32> {
     Some(supervisor::main(std::path::Path::new(&dir), attach))
 }
 
+/// Runs the shim in a process forked from a single-threaded starter (no exec), reporting on
+/// `status`; returns the exit code for `_exit`.
+pub(crate) fn run_forked(dir: &std::path::Path, attach: bool, status: std::fs::File) -> i32 {
+    supervisor::run(dir, attach, Some(status))
+}
+
 /// One status line from the shim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusLine {

@@ -23,18 +23,25 @@ use std::time::{Duration, Instant};
 
 /// The shim's entry point after dispatch; returns the process exit code.
 pub(crate) fn main(dir: &Path, attach: bool) -> i32 {
-    // SAFETY: fd 3 is either the status pipe the starter placed there or not open; taking
-    // ownership of it here is the only use, and fcntl tells which.
-    // SAFETY: F_GETFD only asks whether the fd is open.
+    // SAFETY: F_GETFD only asks whether fd 3 is open. When it is, it is the status pipe the
+    // starter placed there, and taking ownership of it here is its only use.
     let open = unsafe { libc::fcntl(STATUS_FD, libc::F_GETFD) } >= 0;
     let status = open.then(|| unsafe { File::from_raw_fd(STATUS_FD) });
+    run(dir, attach, status)
+}
+
+/// The shim's life, reporting on `status`. The caller must be single-threaded: it forks.
+pub(crate) fn run(dir: &Path, attach: bool, status: Option<File>) -> i32 {
+    // `ps` and `top` show the shim as what it is, whether exec'd or forked from `gantry run`.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"gantry-shim".as_ptr(), 0, 0, 0) };
     if let Some(f) = &status {
         // The container must not inherit the status pipe, or the starter would never see EOF.
         let _ = nix::fcntl::fcntl(f.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
 
-    // SAFETY: this process is single-threaded (exec'd fresh, dispatched before anything else),
-    // so the child may continue normally after fork.
+    // SAFETY: this process is single-threaded (exec'd fresh and dispatched before anything
+    // else, or forked from a single-threaded starter), so the child may continue after fork.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { .. }) => return 0,
         Ok(ForkResult::Child) => {}
