@@ -137,7 +137,7 @@ full_gz="$(sha "$work/full.tar.gz")"
 # Image config: same runtime config for both archives, different diff_ids.
 image_config() {  # diff_ids (JSON list body) created_by_history (JSON list body)
   cat <<EOF
-{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Cmd":["/app/gantry-workload","serve"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"WorkingDir":"/","ExposedPorts":{"8080/tcp":{}},"Labels":{"org.opencontainers.image.title":"gantry-sample"}},"rootfs":{"type":"layers","diff_ids":[$1]},"history":[$2]}
+{"architecture":"amd64","os":"linux","created":"2026-11-28T00:00:00Z","config":{"Cmd":["/app/gantry-workload","serve"],"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"WorkingDir":"/","ExposedPorts":{"8080/tcp":{}},"Labels":{"org.opencontainers.image.title":"gantry-sample"}},"rootfs":{"type":"layers","diff_ids":[$1]},"history":[$2]}
 EOF
 }
 
@@ -147,7 +147,7 @@ oci="$work/oci"
 mkdir -p "$oci/blobs/sha256"
 cp "$work/full.tar.gz" "$oci/blobs/sha256/$full_gz"
 image_config "\"sha256:$full_diff\"" \
-  '{"created":"1970-01-01T00:00:00Z","created_by":"scripts/sample-image.sh: busybox + gantry-workload"}' \
+  '{"created":"2026-11-28T00:00:00Z","created_by":"scripts/sample-image.sh: busybox + gantry-workload"}' \
   | tr -d '\n' >"$work/oci-config.json"
 cfg_hex="$(sha "$work/oci-config.json")"
 cp "$work/oci-config.json" "$oci/blobs/sha256/$cfg_hex"
@@ -171,7 +171,7 @@ mkdir -p "$dk"
 base_id="$base_diff"
 app_id="$(printf 'sha256:%s sha256:%s' "$base_diff" "$app_diff" | sha256sum | cut -d' ' -f1)"
 image_config "\"sha256:$base_diff\",\"sha256:$app_diff\"" \
-  '{"created":"1970-01-01T00:00:00Z","created_by":"busybox, /etc, directories"},{"created":"1970-01-01T00:00:00Z","created_by":"COPY gantry-workload /app/"}' \
+  '{"created":"2026-11-28T00:00:00Z","created_by":"busybox, /etc, directories"},{"created":"2026-11-28T00:00:00Z","created_by":"COPY gantry-workload /app/"}' \
   | tr -d '\n' >"$work/docker-config.json"
 dcfg_hex="$(sha "$work/docker-config.json")"
 cp "$work/docker-config.json" "$dk/$dcfg_hex.json"
@@ -181,9 +181,9 @@ for pair in "$base_id:base:" "$app_id:app:$base_id"; do
   cp "$work/$name.tar" "$dk/$id/layer.tar"
   printf '1.0' >"$dk/$id/VERSION"
   if [ -n "$parent" ]; then
-    printf '{"id":"%s","parent":"%s","created":"1970-01-01T00:00:00Z"}' "$id" "$parent" >"$dk/$id/json"
+    printf '{"id":"%s","parent":"%s","created":"2026-11-28T00:00:00Z"}' "$id" "$parent" >"$dk/$id/json"
   else
-    printf '{"id":"%s","created":"1970-01-01T00:00:00Z"}' "$id" >"$dk/$id/json"
+    printf '{"id":"%s","created":"2026-11-28T00:00:00Z"}' "$id" >"$dk/$id/json"
   fi
 done
 printf '%s' "[{\"Config\":\"$dcfg_hex.json\",\"RepoTags\":[\"$image_ref\"],\"Layers\":[\"$base_id/layer.tar\",\"$app_id/layer.tar\"]}]" \
