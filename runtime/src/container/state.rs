@@ -46,6 +46,22 @@ pub struct ContainerState {
 }
 
 impl ContainerState {
+    /// The record of a container whose shim (`shim_pid`) is setting it up.
+    pub fn new(shim_pid: i32) -> Self {
+        Self {
+            status: Status::Created,
+            shim_pid,
+            pid: 0,
+            pid_start_ticks: 0,
+            cgroup: None,
+            started_ms: 0,
+            finished_ms: 0,
+            exit_code: None,
+            reason: None,
+            error: None,
+        }
+    }
+
     /// Reads a state file.
     pub fn read(path: &Path) -> std::io::Result<Self> {
         let bytes = std::fs::read(path)?;

@@ -688,23 +688,18 @@ fn validate_digest(archive: &Path, digest: &str) -> Result<()> {
 }
 
 fn verify_bytes(what: &str, expected: &str, bytes: &[u8]) -> Result<()> {
-    let actual = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(ImageError::DigestMismatch {
-            what: what.into(),
-            expected: expected.into(),
-            actual,
-        })
-    }
+    check_digest(what, expected, Sha256::digest(bytes).as_slice())
 }
 
 fn verify_file(what: &str, expected: &str, path: &Path) -> Result<()> {
     let mut f = File::open(path).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
     io::copy(&mut f, &mut hasher).map_err(io_err(path))?;
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    check_digest(what, expected, hasher.finalize().as_slice())
+}
+
+fn check_digest(what: &str, expected: &str, hash: &[u8]) -> Result<()> {
+    let actual = format!("sha256:{}", hex::encode(hash));
     if actual == expected {
         Ok(())
     } else {

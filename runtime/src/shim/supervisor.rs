@@ -129,18 +129,7 @@ impl Shim<'_> {
                 })
             })?;
 
-        self.state = Some(ContainerState {
-            status: Status::Created,
-            shim_pid: std::process::id() as i32,
-            pid: 0,
-            pid_start_ticks: 0,
-            cgroup: None,
-            started_ms: 0,
-            finished_ms: 0,
-            exit_code: None,
-            reason: None,
-            error: None,
-        });
+        self.state = Some(ContainerState::new(std::process::id() as i32));
 
         let cgroup = cgroups::detect()
             .and_then(|m| m.create(&format!("gantry/{}", spec.id), &spec.resources))
@@ -398,18 +387,10 @@ impl Shim<'_> {
 
     fn fail(&mut self, failure: &InitFailure) {
         let code = failure.exit_code();
-        let mut state = self.state.take().unwrap_or(ContainerState {
-            status: Status::Exited,
-            shim_pid: std::process::id() as i32,
-            pid: 0,
-            pid_start_ticks: 0,
-            cgroup: None,
-            started_ms: 0,
-            finished_ms: 0,
-            exit_code: None,
-            reason: None,
-            error: None,
-        });
+        let mut state = self
+            .state
+            .take()
+            .unwrap_or_else(|| ContainerState::new(std::process::id() as i32));
         state.status = Status::Exited;
         state.exit_code = Some(code);
         state.reason = Some("StartError".into());
