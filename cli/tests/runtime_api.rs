@@ -8,7 +8,7 @@ use gantry_runtime::container::{RunOptions, Runtime};
 use gantry_runtime::root::RuntimeRoot;
 
 #[test]
-fn multi_threaded_starter_execs_the_shim_and_gets_the_exit_code() {
+fn multi_threaded_starter_execs_the_shim_and_sees_the_sigkill_exit() {
     let root = Root::with_sample();
     // A second thread makes this process multi-threaded whatever the test harness does.
     let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -18,21 +18,31 @@ fn multi_threaded_starter_execs_the_shim_and_gets_the_exit_code() {
     let spec = rt
         .create(&RunOptions {
             image: IMAGE.into(),
-            command: vec!["/app/gantry-workload".into(), "exit".into(), "7".into()],
+            command: vec![
+                "/app/gantry-workload".into(),
+                "sleep".into(),
+                "infinity".into(),
+            ],
             ..Default::default()
         })
         .expect("create");
     let started = rt.start(&spec, false).expect("start");
+    // The shim runs as an exec'd `gantry __shim DIR`, not as a fork of this test process.
     let shim = rt.inspect(&spec.id).unwrap().state.unwrap().shim_pid;
-    let comm = std::fs::read_to_string(format!("/proc/{shim}/comm")).unwrap_or_default();
-    assert!(comm.is_empty() || comm.trim() == "gantry-shim", "{comm}");
-    let (code, reason) = started.wait().expect("wait");
-    assert_eq!(code, 7);
-    assert_eq!(reason.as_deref(), Some("Error"));
+    let cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).expect("the shim runs");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains(" __shim "), "{cmdline}");
+    let comm = std::fs::read_to_string(format!("/proc/{shim}/comm")).unwrap();
+    assert_eq!(comm.trim(), "gantry-shim");
+    // The workload's sleep ignores SIGTERM as pid 1, so stop ends it with SIGKILL.
     let info = rt
-        .wait(&spec.id, Some(std::time::Duration::from_secs(10)))
-        .unwrap();
+        .stop(&spec.id, std::time::Duration::from_millis(200))
+        .expect("stop");
     assert!(!info.supervised);
+    assert_eq!(
+        started.wait().expect("wait"),
+        (137, Some("Signaled(SIGKILL)".into()))
+    );
     drop(tx);
     let _ = helper.join();
 }

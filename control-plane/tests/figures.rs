@@ -27,6 +27,14 @@ fn create_req(name: &str) -> proto::CreateRequest {
     }
 }
 
+/// The `p` quantile (0..1) of sorted latencies.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64) * p) as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -72,31 +80,8 @@ async fn load(addrs: &[String], clients: usize, secs: u64, prefix: &str) -> (usi
 async fn figures() {
     let root = tempfile::tempdir().unwrap();
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let mut procs = vec![Proc::spawn("s1", root.path(), &addrs[0], "init")];
-    wait_for("s1 to lead", || async {
-        members_of(&addrs[0])
-            .await?
-            .members
-            .iter()
-            .any(|m| m.leader)
-            .then_some(())
-    })
-    .await;
-    procs.push(Proc::spawn("s2", root.path(), &addrs[1], &addrs[0]));
-    procs.push(Proc::spawn("s3", root.path(), &addrs[2], &addrs[0]));
-    wait_for("three voters", || async {
-        let m = members_of(&addrs[0]).await?;
-        (m.members.iter().filter(|m| m.voter).count() == 3).then_some(())
-    })
-    .await;
-    let leader = members_of(&addrs[0])
-        .await
-        .unwrap()
-        .members
-        .into_iter()
-        .find(|m| m.leader)
-        .unwrap()
-        .addr;
+    let mut procs = spawn_three(root.path(), &addrs).await;
+    let leader = leader_addr(&addrs[0]).await;
     let leader_only = vec![leader.clone()];
 
     // Clients talk to the leader, as etcd clients do.
@@ -105,11 +90,7 @@ async fn figures() {
         let secs = 5;
         let (n, lat) = load(&leader_only, clients, secs, &format!("c{clients}")).await;
         total += n;
-        let pct = |p: f64| {
-            lat.get(((lat.len() as f64) * p) as usize)
-                .copied()
-                .unwrap_or_default()
-        };
+        let pct = |p: f64| percentile(&lat, p);
         println!(
             "clients={clients:<3} writes/s={:>8.0} p50={:?} p99={:?}",
             n as f64 / secs as f64,
@@ -332,11 +313,7 @@ async fn figures_etcd() {
             all.extend(t.await.unwrap());
         }
         all.sort();
-        let pct = |p: f64| {
-            all.get(((all.len() as f64) * p) as usize)
-                .copied()
-                .unwrap_or_default()
-        };
+        let pct = |p: f64| percentile(&all, p);
         println!(
             "etcd clients={clients:<3} writes/s={:>8.0} p50={:?} p99={:?}",
             all.len() as f64 / secs as f64,

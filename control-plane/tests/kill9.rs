@@ -23,29 +23,10 @@ async fn sigkill_of_the_leader_during_writes_loses_no_acknowledged_write() {
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
 
     // Phase 1: a three-process cluster.
-    let mut procs = vec![Proc::spawn("s1", root.path(), &addrs[0], "init")];
-    wait_for("s1 to lead", || async {
-        let m = members_of(&addrs[0]).await?;
-        m.members.iter().any(|m| m.leader).then_some(())
-    })
-    .await;
-    procs.push(Proc::spawn("s2", root.path(), &addrs[1], &addrs[0]));
-    procs.push(Proc::spawn("s3", root.path(), &addrs[2], &addrs[0]));
-    wait_for("three voters", || async {
-        let m = members_of(&addrs[0]).await?;
-        (m.members.iter().filter(|m| m.voter).count() == 3).then_some(())
-    })
-    .await;
+    let mut procs = spawn_three(root.path(), &addrs).await;
 
     // Phase 2: writes through every member; the leader is killed in the middle.
-    let leader_addr = members_of(&addrs[0])
-        .await
-        .unwrap()
-        .members
-        .into_iter()
-        .find(|m| m.leader)
-        .unwrap()
-        .addr;
+    let leader_addr = leader_addr(&addrs[0]).await;
     let mut clients = Vec::new();
     for a in &addrs {
         clients.push(try_client(a).await.unwrap());

@@ -2,12 +2,13 @@
 //! layers, and every kind of malicious or broken input, each of which must be refused with an
 //! error naming the problem, leaving no image, no temp files, and nothing outside the store.
 
-use gantry_runtime::images::{ImageError, ImageStore};
+mod common;
+
+use common::{digest, gzip, Scratch};
+use gantry_runtime::images::ImageError;
 use proptest::prelude::*;
-use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// One tar entry of a test layer.
 enum E<'a> {
@@ -45,16 +46,6 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
         b.append(&h, data).unwrap();
     }
     b.into_inner().unwrap()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-fn digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 /// An OCI image layout archive of these layers (gzip-compressed when asked). `tamper` may
@@ -111,61 +102,6 @@ fn oci_archive(
         b.append_data(&mut h, path, data.as_slice()).unwrap();
     }
     b.into_inner().unwrap()
-}
-
-/// A scratch area: the store lives in `store/`, archives beside it, and `outside/` must stay
-/// untouched whatever an import does.
-struct Scratch {
-    dir: tempfile::TempDir,
-    store: ImageStore,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("outside")).unwrap();
-        let store = ImageStore::open(&dir.path().join("store")).unwrap();
-        Scratch { dir, store }
-    }
-
-    fn write(&self, name: &str, data: &[u8]) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, data).unwrap();
-        p
-    }
-
-    fn import(&self, data: &[u8]) -> Result<gantry_runtime::images::Image, ImageError> {
-        let p = self.write("archive.tar", data);
-        self.store.import(&p, Some("test/img:1"))
-    }
-
-    /// The store holds no image, no temp files, and nothing was written outside it.
-    fn assert_untouched(&self) {
-        assert!(
-            self.store.list().unwrap().is_empty(),
-            "no image was recorded"
-        );
-        assert!(self.store.resolve("test/img:1").is_err());
-        let tmp = std::fs::read_dir(self.dir.path().join("store/tmp"))
-            .unwrap()
-            .count();
-        assert_eq!(tmp, 0, "no temp files are left");
-        let outside = std::fs::read_dir(self.dir.path().join("outside"))
-            .unwrap()
-            .count();
-        assert_eq!(outside, 0, "nothing was written outside the store");
-        assert!(!Path::new("/tmp/gantry-escape-test").exists());
-    }
-}
-
-fn expect_invalid(s: &Scratch, archive: &[u8], needle: &str) {
-    let err = s.import(archive).expect_err("the archive must be refused");
-    let msg = err.to_string();
-    assert!(
-        msg.contains(needle),
-        "error {msg:?} should mention {needle:?}"
-    );
-    s.assert_untouched();
 }
 
 #[test]
@@ -319,8 +255,7 @@ fn rootfs_tarball_imports_as_one_layer() {
 #[test]
 fn rejects_dotdot_entry_and_leaves_no_image() {
     let s = Scratch::new();
-    expect_invalid(
-        &s,
+    s.expect_invalid(
         &oci_archive(
             &[tar_of(&[E::File("../../outside/evil", b"x")])],
             false,
@@ -329,14 +264,13 @@ fn rejects_dotdot_entry_and_leaves_no_image() {
         ),
         "..",
     );
-    expect_invalid(&s, &tar_of(&[E::File("a/../../outside/evil", b"x")]), "..");
+    s.expect_invalid(&tar_of(&[E::File("a/../../outside/evil", b"x")]), "..");
 }
 
 #[test]
 fn rejects_absolute_entry_paths() {
     let s = Scratch::new();
-    expect_invalid(
-        &s,
+    s.expect_invalid(
         &oci_archive(
             &[tar_of(&[E::File("/tmp/gantry-escape-test", b"x")])],
             false,
@@ -355,14 +289,13 @@ fn rejects_writes_through_a_symlink() {
         E::Symlink("link", outside.to_str().unwrap()),
         E::File("link/evil", b"x"),
     ]);
-    expect_invalid(&s, &oci_archive(&[layer], false, "x", |_| {}), "symlink");
+    s.expect_invalid(&oci_archive(&[layer], false, "x", |_| {}), "symlink");
 }
 
 #[test]
 fn rejects_hard_links_out_of_the_rootfs() {
     let s = Scratch::new();
-    expect_invalid(
-        &s,
+    s.expect_invalid(
         &oci_archive(
             &[tar_of(&[E::Hardlink("passwd", "../../../etc/passwd")])],
             false,
@@ -371,8 +304,7 @@ fn rejects_hard_links_out_of_the_rootfs() {
         ),
         "hard link",
     );
-    expect_invalid(
-        &s,
+    s.expect_invalid(
         &oci_archive(
             &[tar_of(&[E::Hardlink("passwd", "/etc/passwd")])],
             false,
@@ -386,8 +318,7 @@ fn rejects_hard_links_out_of_the_rootfs() {
 #[test]
 fn rejects_relative_symlinks_climbing_out() {
     let s = Scratch::new();
-    expect_invalid(
-        &s,
+    s.expect_invalid(
         &oci_archive(
             &[tar_of(&[E::Dir("a"), E::Symlink("a/up", "../../../etc")])],
             false,
@@ -401,8 +332,7 @@ fn rejects_relative_symlinks_climbing_out() {
 #[test]
 fn rejects_device_nodes() {
     let s = Scratch::new();
-    expect_invalid(
-        &s,
+    s.expect_invalid(
         &oci_archive(&[tar_of(&[E::CharDev("dev/sda")])], false, "x", |_| {}),
         "device",
     );
@@ -418,7 +348,7 @@ fn rejects_truncated_and_corrupt_gzip() {
         |_| {},
     );
     let whole = gzip(&good);
-    expect_invalid(&s, &whole[..whole.len() / 2], "corrupt or truncated");
+    s.expect_invalid(&whole[..whole.len() / 2], "corrupt or truncated");
     let mut flipped = whole.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0xff;
@@ -437,17 +367,17 @@ fn rejects_wrong_digests_and_missing_blobs() {
             .unwrap();
         blob.1[600] ^= 1;
     });
-    expect_invalid(&s, &tampered, "digest mismatch");
+    s.expect_invalid(&tampered, "digest mismatch");
     let missing = oci_archive(&[layer], false, "x", |files| {
         files.retain(|(p, d)| !(p.starts_with("blobs/") && d.len() > 1000));
     });
-    expect_invalid(&s, &missing, "missing");
+    s.expect_invalid(&missing, "missing");
 }
 
 #[test]
 fn rejects_zstd_with_a_clear_error() {
     let s = Scratch::new();
-    expect_invalid(&s, &[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0], "zstd");
+    s.expect_invalid(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0], "zstd");
 }
 
 #[test]

@@ -4,20 +4,10 @@
 //! types, oversized JSON, zstd layers and hard links to entries not yet extracted. Every refused
 //! archive must leave no image, no temp files and nothing outside the store.
 
-use gantry_runtime::images::{Image, ImageError, ImageStore};
-use sha2::{Digest, Sha256};
-use std::io::Write;
-use std::path::PathBuf;
+mod common;
 
-fn digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
+use common::{digest, gzip, Scratch};
+use gantry_runtime::images::ImageError;
 
 /// A tar of regular files (and hard links, `Some(target)`), names written raw.
 fn layer(entries: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
@@ -150,59 +140,6 @@ fn oci_only(layer_bytes: &[u8], media: &str, config_pad: usize) -> Vec<u8> {
     tar_files(&files)
 }
 
-/// The store lives in `store/`; `outside/` must stay empty whatever an import does.
-struct Scratch {
-    dir: tempfile::TempDir,
-    store: ImageStore,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("outside")).unwrap();
-        let store = ImageStore::open(&dir.path().join("store")).unwrap();
-        Scratch { dir, store }
-    }
-
-    fn import(&self, data: &[u8], name: Option<&str>) -> Result<Image, ImageError> {
-        let p: PathBuf = self.dir.path().join("archive.tar");
-        std::fs::write(&p, data).unwrap();
-        self.store.import(&p, name)
-    }
-
-    fn assert_untouched(&self) {
-        assert!(
-            self.store.list().unwrap().is_empty(),
-            "no image was recorded"
-        );
-        let root = self.dir.path();
-        assert_eq!(
-            std::fs::read_dir(root.join("store/tmp")).unwrap().count(),
-            0,
-            "temp left"
-        );
-        assert_eq!(
-            std::fs::read_dir(root.join("store/layers"))
-                .unwrap()
-                .count(),
-            0
-        );
-        assert_eq!(std::fs::read_dir(root.join("outside")).unwrap().count(), 0);
-    }
-
-    fn expect_invalid(&self, data: &[u8], needle: &str) {
-        let msg = self
-            .import(data, Some("bad/img"))
-            .expect_err("must be refused")
-            .to_string();
-        assert!(
-            msg.contains(needle),
-            "error {msg:?} should mention {needle:?}"
-        );
-        self.assert_untouched();
-    }
-}
-
 #[test]
 fn docker_save_archive_imports_with_repo_tags_and_config() {
     let s = Scratch::new();
@@ -212,7 +149,7 @@ fn docker_save_archive_imports_with_repo_tags_and_config() {
         ("etc/conf2", b"", Some("etc/conf")),
     ]);
     let img = s
-        .import(
+        .import_as(
             &docker_save(&[l0.clone(), l1.clone()], &["web:1.0"], "serve"),
             None,
         )
@@ -245,7 +182,7 @@ fn docker25_archive_with_oci_layout_and_manifest_json_imports() {
     let s = Scratch::new();
     let l0 = layer(&[("hello", b"world", None)]);
     let img = s
-        .import(
+        .import_as(
             &docker25_save(
                 std::slice::from_ref(&l0),
                 "app:2",
@@ -273,7 +210,7 @@ fn docker25_archive_with_oci_layout_and_manifest_json_imports() {
 fn references_resolve_by_name_id_and_unique_prefix() {
     let s = Scratch::new();
     let img = s
-        .import(
+        .import_as(
             &docker_save(&[layer(&[("f", b"1", None)])], &["a/b:t"], "x"),
             None,
         )
@@ -315,13 +252,13 @@ fn a_name_moves_to_the_newer_image_and_remove_keeps_shared_layers() {
     let s = Scratch::new();
     let shared = layer(&[("base", b"shared", None)]);
     let first = s
-        .import(
+        .import_as(
             &docker_save(std::slice::from_ref(&shared), &["app:1"], "one"),
             None,
         )
         .unwrap();
     let second = s
-        .import(
+        .import_as(
             &docker_save(
                 &[shared.clone(), layer(&[("top", b"t", None)])],
                 &["app:1"],
@@ -404,7 +341,7 @@ fn rejects_docker_save_with_a_layer_not_matching_its_diff_id() {
     let m =
         serde_json::json!([{"Config": "c.json", "RepoTags": ["x:1"], "Layers": ["0/layer.tar"]}]);
     archive_files.push(("manifest.json".into(), serde_json::to_vec(&m).unwrap()));
-    let err = s.import(&tar_files(&archive_files), None).unwrap_err();
+    let err = s.import_as(&tar_files(&archive_files), None).unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     s.assert_untouched();
 }
@@ -426,7 +363,7 @@ fn resolving_a_name_is_fast() {
     let s = Scratch::new();
     for i in 0..20 {
         let tag = format!("img{i}:1");
-        s.import(
+        s.import_as(
             &docker_save(
                 &[layer(&[("f", format!("{i}").as_bytes(), None)])],
                 &[&tag],
@@ -447,4 +384,28 @@ fn resolving_a_name_is_fast() {
         per < std::time::Duration::from_millis(5),
         "resolve took {per:?}"
     );
+}
+
+#[test]
+fn a_later_bad_layer_leaves_no_orphan_of_the_earlier_ones() {
+    let s = Scratch::new();
+    let first = layer(&[("a", b"1", None)]);
+    let second = layer(&[("b", b"2", None)]);
+    let config = config_for(&[first.clone(), second], "x");
+    let files =
+        vec![
+        ("c.json".to_string(), config),
+        ("0/layer.tar".to_string(), first),
+        ("1/layer.tar".to_string(), layer(&[("b", b"tampered", None)])),
+        (
+            "manifest.json".to_string(),
+            serde_json::to_vec(&serde_json::json!([
+                {"Config": "c.json", "RepoTags": ["x:1"], "Layers": ["0/layer.tar", "1/layer.tar"]}
+            ]))
+            .unwrap(),
+        ),
+    ];
+    let err = s.import_as(&tar_files(&files), None).unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    s.assert_untouched();
 }

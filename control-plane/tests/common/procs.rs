@@ -100,3 +100,35 @@ pub async fn members_of(addr: &str) -> Option<proto::MembersResponse> {
         .ok()
         .map(|r| r.into_inner())
 }
+
+/// Starts a three-process cluster in `root` (s1 initialises, s2 and s3 join it at `addrs[0]`)
+/// and waits until all three are voters.
+pub async fn spawn_three(root: &Path, addrs: &[String]) -> Vec<Proc> {
+    let mut procs = vec![Proc::spawn("s1", root, &addrs[0], "init")];
+    wait_for("s1 to lead", || async {
+        let m = members_of(&addrs[0]).await?;
+        m.members.iter().any(|m| m.leader).then_some(())
+    })
+    .await;
+    procs.push(Proc::spawn("s2", root, &addrs[1], &addrs[0]));
+    procs.push(Proc::spawn("s3", root, &addrs[2], &addrs[0]));
+    wait_for("three voters", || async {
+        let m = members_of(&addrs[0]).await?;
+        (m.members.iter().filter(|m| m.voter).count() == 3).then_some(())
+    })
+    .await;
+    procs
+}
+
+/// The address of the leader, as the member at `addr` sees it.
+pub async fn leader_addr(addr: &str) -> String {
+    wait_for("a known leader", || async {
+        members_of(addr)
+            .await?
+            .members
+            .into_iter()
+            .find(|m| m.leader)
+            .map(|m| m.addr)
+    })
+    .await
+}

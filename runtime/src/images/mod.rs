@@ -133,8 +133,14 @@ impl ImageStore {
         let extra = name.map(normalize_name).transpose()?;
         let _lock = self.lock()?;
         let staging = TempDir::new(&self.dir.join("tmp"), "import")?;
-        let result = self.import_locked(archive, extra, &staging.0);
-        drop(staging);
+        // Layers this import unpacked: a failure after them must not leave them orphaned.
+        let mut created = Vec::new();
+        let result = self.import_locked(archive, extra, &staging.0, &mut created);
+        if result.is_err() {
+            for diff_id in &created {
+                let _ = std::fs::remove_dir_all(self.layer_path(diff_id));
+            }
+        }
         result
     }
 
@@ -143,6 +149,7 @@ impl ImageStore {
         archive: &Path,
         extra: Option<String>,
         staging: &Path,
+        created: &mut Vec<String>,
     ) -> Result<Image> {
         let invalid = |reason: String| ImageError::Invalid {
             archive: archive.to_path_buf(),
@@ -151,7 +158,7 @@ impl ImageStore {
         let kind = detect_kind(archive)?;
         let (config_bytes, layer_files, mut names) = match kind {
             ArchiveKind::Rootfs => {
-                let (diff_id, size) = self.unpack_layer(archive, archive, None)?;
+                let (diff_id, size) = self.unpack_layer(archive, archive, None, created)?;
                 let config = serde_json::json!({
                     "architecture": "amd64", "os": "linux", "config": {},
                     "rootfs": {"type": "layers", "diff_ids": [diff_id]},
@@ -179,7 +186,7 @@ impl ImageStore {
         }
         let mut layers = Vec::new();
         for (file, diff_id) in layer_files.iter().zip(&diff_ids) {
-            layers.push(self.unpack_layer(archive, file, Some(diff_id))?);
+            layers.push(self.unpack_layer(archive, file, Some(diff_id), created)?);
         }
         self.commit(&config_bytes, layers, names)
     }
@@ -389,12 +396,13 @@ impl ImageStore {
     }
 
     /// Unpacks one layer (plain or gzip tar) unless a layer with this diff-id is present;
-    /// returns its diff-id and unpacked size.
+    /// returns its diff-id and unpacked size, and records a layer it created in `created`.
     fn unpack_layer(
         &self,
         archive: &Path,
         file: &Path,
         expected: Option<&str>,
+        created: &mut Vec<String>,
     ) -> Result<(String, u64)> {
         if let Some(d) = expected {
             validate_digest(archive, d)?;
@@ -427,6 +435,7 @@ impl ImageStore {
             return Ok((actual, size));
         }
         std::fs::rename(&tmp.0, &dest).map_err(io_err(&dest))?;
+        created.push(actual.clone());
         // `tmp` now names nothing; dropping it removes nothing.
         Ok((actual, size))
     }
@@ -481,11 +490,7 @@ fn stage_archive(archive: &Path, staging: &Path) -> Result<()> {
                 io::copy(&mut entry, &mut out).map_err(|e| corrupt(archive, &raw, e))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| corrupt(archive, &raw, e))?
-                    .unwrap_or_default()
-                    .into_owned();
+                let target = link_target(archive, &raw, &entry)?;
                 let resolved = rel.parent().unwrap_or(Path::new("")).join(&target);
                 let resolved = lexical_normalize(&resolved).ok_or_else(|| ImageError::Invalid {
                     archive: archive.into(),
@@ -740,6 +745,15 @@ fn corrupt(archive: &Path, what: &Path, e: io::Error) -> ImageError {
     }
 }
 
+/// The target a symlink or hard link entry names.
+fn link_target<R: Read>(archive: &Path, raw: &Path, entry: &tar::Entry<R>) -> Result<PathBuf> {
+    Ok(entry
+        .link_name()
+        .map_err(|e| corrupt(archive, raw, e))?
+        .unwrap_or_default()
+        .into_owned())
+}
+
 /// An entry path made relative and checked: no `..`, not absolute (a leading `./` is fine).
 fn safe_relative(archive: &Path, raw: &Path) -> Result<PathBuf> {
     let bad = |why: &str| ImageError::Invalid {
@@ -858,11 +872,7 @@ fn unpack_into(archive: &Path, reader: &mut dyn Read, dest: &Path) -> Result<u64
                 set_mtime(&path, mtime);
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| corrupt(archive, &raw, e))?
-                    .unwrap_or_default()
-                    .into_owned();
+                let target = link_target(archive, &raw, &entry)?;
                 if target.is_relative() && lexical_normalize(&parent_rel.join(&target)).is_none() {
                     return Err(bad(format!(
                         "symlink to {} climbs out of the rootfs",
@@ -874,11 +884,7 @@ fn unpack_into(archive: &Path, reader: &mut dyn Read, dest: &Path) -> Result<u64
                 lchown(&path, uid, gid)?;
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| corrupt(archive, &raw, e))?
-                    .unwrap_or_default()
-                    .into_owned();
+                let target = link_target(archive, &raw, &entry)?;
                 let target_rel = safe_relative(archive, &target).map_err(|_| {
                     bad(format!(
                         "hard link to {} points out of the rootfs",

@@ -66,6 +66,7 @@ pub(crate) fn run(dir: &Path, attach: bool, status: Option<File>) -> i32 {
         status,
         attach,
         state: None,
+        auto_remove: false,
     };
     match shim.run() {
         Ok(()) => 0,
@@ -81,6 +82,8 @@ struct Shim<'a> {
     status: Option<File>,
     attach: bool,
     state: Option<ContainerState>,
+    /// The spec's `auto_remove`, once the spec has been read.
+    auto_remove: bool,
 }
 
 impl Shim<'_> {
@@ -128,6 +131,7 @@ impl Shim<'_> {
                     )
                 })
             })?;
+        self.auto_remove = spec.auto_remove;
 
         self.state = Some(ContainerState::new(std::process::id() as i32));
 
@@ -275,7 +279,7 @@ impl Shim<'_> {
             s.reason = reason.clone();
             s.finished_ms = now_ms();
         }
-        self.finish(spec, &StatusLine::Exited(code, reason));
+        self.finish(&StatusLine::Exited(code, reason));
         Ok(())
     }
 
@@ -377,9 +381,9 @@ impl Shim<'_> {
     }
 
     /// Records the end, removes the container when asked, then tells the starter.
-    fn finish(&mut self, spec: &ContainerSpec, line: &StatusLine) {
+    fn finish(&mut self, line: &StatusLine) {
         self.save();
-        if spec.auto_remove {
+        if self.auto_remove {
             let _ = std::fs::remove_dir_all(self.dir);
         }
         report(self.status.as_ref(), line);
@@ -397,18 +401,7 @@ impl Shim<'_> {
         state.error = Some(failure.message.clone());
         state.finished_ms = now_ms();
         self.state = Some(state);
-        self.save();
-        let auto_remove = std::fs::read(self.dir.join(CONFIG_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<ContainerSpec>(&b).ok())
-            .is_some_and(|s| s.auto_remove);
-        if auto_remove {
-            let _ = std::fs::remove_dir_all(self.dir);
-        }
-        report(
-            self.status.as_ref(),
-            &StatusLine::Failed(code, failure.message.clone()),
-        );
+        self.finish(&StatusLine::Failed(code, failure.message.clone()));
     }
 }
 
