@@ -2,10 +2,12 @@
 //! Depends on nothing else of Gantry's.
 //!
 //! - [`quantity`]: resource quantities (`500m`, `64Mi`).
+//! - [`model`]: the typed spec and status of each kind (Service, Replica, Node, Event).
 //! - [`objects`]: the object kinds stored by the control plane and their validation.
 //! - [`proto`]: the generated gRPC services (`RaftService`, `ObjectService`) and messages.
 #![forbid(unsafe_code)]
 
+pub mod model;
 pub mod objects;
 pub mod quantity;
 

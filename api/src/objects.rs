@@ -6,6 +6,7 @@
 //! by the store, never trusted from a client. Spec and status stay untyped JSON here so that
 //! later issues can add typed kinds without changing the wire protocol.
 
+use crate::model::API_VERSION;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -115,6 +116,9 @@ pub struct ObjectMeta {
 /// A stored object: kind, metadata, and untyped spec and status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Object {
+    /// Always [`API_VERSION`] today.
+    #[serde(rename = "apiVersion", default = "api_version")]
+    pub api_version: String,
     /// The object's kind.
     pub kind: Kind,
     /// Name, labels, version.
@@ -131,6 +135,7 @@ impl Object {
     /// A new object with empty spec and status.
     pub fn new(kind: Kind, name: impl Into<String>) -> Self {
         Object {
+            api_version: API_VERSION.to_string(),
             kind,
             metadata: ObjectMeta {
                 name: name.into(),
@@ -171,10 +176,58 @@ impl Object {
             .unwrap_or(0)
     }
 
+    /// The spec as its typed form.
+    ///
+    /// # Errors
+    /// The JSON does not match `T`; the message names the field.
+    pub fn spec_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, ObjectError> {
+        typed(&self.spec, "spec")
+    }
+
+    /// The status as its typed form; an absent status reads as `T::default()`.
+    ///
+    /// # Errors
+    /// The JSON does not match `T`; the message names the field.
+    pub fn status_as<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, ObjectError> {
+        if self.status.is_null() {
+            return Ok(T::default());
+        }
+        typed(&self.status, "status")
+    }
+
+    /// Replaces the spec with `spec`'s JSON.
+    pub fn set_spec<T: Serialize>(&mut self, spec: &T) {
+        self.spec = to_value(spec);
+    }
+
+    /// Replaces the status with `status`'s JSON.
+    pub fn set_status<T: Serialize>(&mut self, status: &T) {
+        self.status = to_value(status);
+    }
+
     /// Checks the name.
     pub fn validate(&self) -> Result<(), ObjectError> {
         validate_name(&self.metadata.name)
     }
+}
+
+fn api_version() -> String {
+    API_VERSION.to_string()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    field: &'static str,
+) -> Result<T, ObjectError> {
+    T::deserialize(value).map_err(|e| ObjectError::Mismatch {
+        field,
+        message: e.to_string(),
+    })
+}
+
+fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
+    // Invariant: our model types serialize infallibly (string keys, no non-finite floats).
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
 /// Checks that `name` is a DNS-1123 label: 1–63 of `[a-z0-9-]`, starting and ending with an
