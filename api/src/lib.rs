@@ -2,11 +2,13 @@
 //! Depends on nothing else of Gantry's.
 //!
 //! - [`quantity`]: resource quantities (`500m`, `64Mi`).
+//! - [`client`]: the typed gRPC client of the control plane, failing over between members.
 //! - [`model`]: the typed spec and status of each kind (Service, Replica, Node, Event).
 //! - [`objects`]: the object kinds stored by the control plane and their validation.
 //! - [`proto`]: the generated gRPC services (`RaftService`, `ObjectService`) and messages.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod model;
 pub mod objects;
 pub mod quantity;

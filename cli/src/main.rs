@@ -17,6 +17,9 @@ struct Cli {
     #[arg(long, global = true, env = "GANTRY_ROOT", default_value = gantry_runtime::root::DEFAULT_ROOT)]
     root: PathBuf,
 
+    #[command(flatten)]
+    target: commands::target::TargetArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -45,7 +48,7 @@ fn main() {
         Command::Image(cmd) => commands::image::run(&root, cmd),
         Command::Container(cmd) => commands::container::run(&root, cmd),
         Command::Server(args) => commands::server::run(args),
-        Command::Members(cmd) => commands::members::run(cmd),
+        Command::Members(cmd) => commands::members::run(&cli.target, cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),

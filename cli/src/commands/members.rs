@@ -1,54 +1,32 @@
 //! `gantry members`: list and remove control-plane members through any member's API.
 
-use anyhow::Context;
+use super::target::TargetArgs;
 use clap::Subcommand;
-use gantry_api::proto::object_service_client::ObjectServiceClient;
-use gantry_api::proto::{MembersRequest, RemoveMemberRequest};
-
-/// Default API address of a local member.
-pub const DEFAULT_SERVER: &str = "127.0.0.1:7000";
 
 /// `gantry members …`.
 #[derive(Subcommand, Debug)]
 pub enum MembersCommand {
     /// List members with their leader flag, term and last applied index.
     #[command(alias = "list")]
-    Ls {
-        /// Any member's address.
-        #[arg(long, env = "GANTRY_SERVER", default_value = DEFAULT_SERVER)]
-        server: String,
-    },
+    Ls,
     /// Remove a member from the cluster.
     #[command(alias = "rm")]
     Remove {
         /// The member's name.
         name: String,
-        /// Any member's address.
-        #[arg(long, env = "GANTRY_SERVER", default_value = DEFAULT_SERVER)]
-        server: String,
     },
 }
 
 /// Runs a `members` subcommand.
-pub fn run(cmd: MembersCommand) -> anyhow::Result<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    runtime.block_on(async move {
-        let server = match &cmd {
-            MembersCommand::Ls { server } | MembersCommand::Remove { server, .. } => server.clone(),
-        };
-        let mut client = ObjectServiceClient::connect(format!("http://{server}"))
-            .await
-            .with_context(|| format!("cannot reach a member at {server}"))?;
+pub fn run(target: &TargetArgs, cmd: MembersCommand) -> anyhow::Result<i32> {
+    super::target::runtime()?.block_on(async move {
+        let mut client = target.connect().await?;
         match cmd {
-            MembersCommand::Ls { .. } => {
+            MembersCommand::Ls => {
                 let resp = client
-                    .members(MembersRequest {})
+                    .members()
                     .await
-                    .map_err(|s| anyhow::anyhow!("members: {}", s.message()))?
-                    .into_inner();
+                    .map_err(|e| anyhow::anyhow!("members: {e}"))?;
                 let rows: Vec<Vec<String>> = resp
                     .members
                     .iter()
@@ -71,11 +49,11 @@ pub fn run(cmd: MembersCommand) -> anyhow::Result<i32> {
                     .collect();
                 super::print_table(&["NAME", "ADDRESS", "ROLE", "TERM", "APPLIED"], &rows);
             }
-            MembersCommand::Remove { name, .. } => {
+            MembersCommand::Remove { name } => {
                 client
-                    .remove_member(RemoveMemberRequest { name: name.clone() })
+                    .remove_member(&name)
                     .await
-                    .map_err(|s| anyhow::anyhow!("remove member {name}: {}", s.message()))?;
+                    .map_err(|e| anyhow::anyhow!("remove member {name}: {e}"))?;
                 println!("{name} removed");
             }
         }

@@ -4,6 +4,7 @@ pub mod container;
 pub mod image;
 pub mod members;
 pub mod server;
+pub mod target;
 
 /// The process exit code for an error, following Docker: 125 when Gantry itself failed,
 /// 126 when the command could not be invoked, 127 when it was not found.
