@@ -16,6 +16,10 @@ use tonic::Code;
 /// How long connecting to one member may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long one call may wait for its answer (a member that vanished mid-call, a partition).
+/// Longer than a member's own deadline for a write (5 s), so that its answer arrives first.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(12);
+
 /// The largest message the client accepts (a list of many objects).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -59,6 +63,12 @@ pub enum ClientError {
 impl ClientError {
     fn from_status(status: &tonic::Status) -> Self {
         let msg = status.message().to_string();
+        if broken_transport(status) {
+            return ClientError::Unavailable(format!(
+                "connection to the member lost ({}); the outcome of a write is unknown",
+                error_chain(status)
+            ));
+        }
         match status.code() {
             Code::NotFound => ClientError::NotFound(msg),
             Code::AlreadyExists => ClientError::AlreadyExists(msg),
@@ -82,8 +92,20 @@ impl ClientError {
 /// Whether the call failed before any member received it.
 fn never_delivered(status: &tonic::Status) -> bool {
     // tonic reports connection failures as Unavailable with a transport source error; a
-    // member's own "unavailable" answers carry no source.
-    status.code() == Code::Unavailable && std::error::Error::source(status).is_some()
+    // member's own "unavailable" answers carry no source. Only a failed connect proves the
+    // request never left: a connection reset may come after the member received it.
+    status.code() == Code::Unavailable
+        && std::error::Error::source(status).is_some()
+        && error_chain(status).contains("connect")
+}
+
+/// Whether the connection broke under the call (the member died or the network failed).
+fn broken_transport(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+        && matches!(
+            status.code(),
+            Code::Unknown | Code::Unavailable | Code::Internal | Code::Cancelled
+        )
 }
 
 /// A change seen by a watch.
@@ -114,6 +136,7 @@ fn endpoint(addr: &str) -> Result<Endpoint, String> {
     Endpoint::from_shared(uri)
         .map(|e| {
             e.connect_timeout(CONNECT_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
@@ -140,12 +163,18 @@ impl Client {
     /// [`ClientError::Invalid`] when `addrs` is empty or holds a malformed address.
     pub async fn connect(addrs: &[String]) -> Result<Client, ClientError> {
         if addrs.is_empty() {
-            return Err(ClientError::Invalid("no control-plane address given".into()));
+            return Err(ClientError::Invalid(
+                "no control-plane address given".into(),
+            ));
         }
         let mut client = Client {
             addrs: addrs.to_vec(),
             current: 0,
-            inner: wrap(endpoint(&addrs[0]).map_err(ClientError::Invalid)?.connect_lazy()),
+            inner: wrap(
+                endpoint(&addrs[0])
+                    .map_err(ClientError::Invalid)?
+                    .connect_lazy(),
+            ),
         };
         client.reconnect(0).await?;
         Ok(client)
@@ -192,7 +221,9 @@ impl Client {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(status) => {
                     let unreachable = never_delivered(&status);
-                    let unavailable = unreachable || status.code() == Code::Unavailable;
+                    let unavailable = unreachable
+                        || broken_transport(&status)
+                        || status.code() == Code::Unavailable;
                     tries += 1;
                     if !unavailable || tries >= self.addrs.len().max(2) {
                         return Err(ClientError::from_status(&status));
@@ -214,11 +245,12 @@ impl Client {
             name: name.to_string(),
             consistency: Consistency::Linearizable as i32,
         };
-        match self.call(true, |mut c| {
-            let req = req.clone();
-            async move { c.get(req).await }
-        })
-        .await
+        match self
+            .call(true, |mut c| {
+                let req = req.clone();
+                async move { c.get(req).await }
+            })
+            .await
         {
             Ok(r) => object_of(r.object).map(Some),
             Err(ClientError::NotFound(_)) => Ok(None),
@@ -334,8 +366,10 @@ impl Client {
 
     /// The control-plane members as the leader (or this member) sees them.
     pub async fn members(&mut self) -> Result<proto::MembersResponse, ClientError> {
-        self.call(true, |mut c| async move { c.members(proto::MembersRequest {}).await })
-            .await
+        self.call(true, |mut c| async move {
+            c.members(proto::MembersRequest {}).await
+        })
+        .await
     }
 
     /// Removes a member by name.

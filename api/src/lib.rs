@@ -4,11 +4,15 @@
 //! - [`quantity`]: resource quantities (`500m`, `64Mi`).
 //! - [`client`]: the typed gRPC client of the control plane, failing over between members.
 //! - [`model`]: the typed spec and status of each kind (Service, Replica, Node, Event).
+//! - [`events`]: Event naming and folding of repeats, shared by controllers and agents.
 //! - [`objects`]: the object kinds stored by the control plane and their validation.
+//! - [`manifest`]: YAML manifests for `gantry apply`: parsing and strict validation.
 //! - [`proto`]: the generated gRPC services (`RaftService`, `ObjectService`) and messages.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod events;
+pub mod manifest;
 pub mod model;
 pub mod objects;
 pub mod quantity;

@@ -65,7 +65,9 @@ impl Serialize for Memory {
 impl<'de> Deserialize<'de> for Memory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = Scalar::deserialize(d)?.text();
-        parse_memory(&text).map(Memory).map_err(serde::de::Error::custom)
+        parse_memory(&text)
+            .map(Memory)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -205,9 +205,29 @@ impl Object {
         self.status = to_value(status);
     }
 
-    /// Checks the name.
+    /// Checks the name, and for a Service its spec: typed as [`crate::model::ServiceSpec`] and
+    /// semantically valid ([`crate::manifest::validate_service_spec`]).
     pub fn validate(&self) -> Result<(), ObjectError> {
-        validate_name(&self.metadata.name)
+        validate_name(&self.metadata.name)?;
+        if self.kind == Kind::Service {
+            let spec: crate::model::ServiceSpec = self.spec_as()?;
+            let problems = crate::manifest::validate_service_spec(&spec);
+            if !problems.is_empty() {
+                let message = problems
+                    .iter()
+                    .map(|(path, message)| {
+                        let path = path.strip_prefix("spec.").unwrap_or(path);
+                        format!("{path}: {message}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(ObjectError::Mismatch {
+                    field: "spec",
+                    message,
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -33,9 +33,40 @@ enum Command {
     Container(commands::container::ContainerCommand),
     /// Run a control-plane member.
     Server(commands::server::ServerArgs),
+    /// Run a node agent: register this machine and run the replicas bound to it.
+    Agent(commands::agent::AgentArgs),
+    /// A local multi-node cluster: up, status, down, import, stop/start/kill, partition/heal.
+    Cluster(commands::cluster::ClusterArgs),
     /// Control-plane membership: ls, remove.
     #[command(subcommand)]
     Members(commands::members::MembersCommand),
+    /// Show the CLI's contexts (which cluster to talk to) and switch between them.
+    #[command(subcommand)]
+    Config(commands::config::ConfigCommand),
+    /// List services, replicas, nodes, members or events.
+    Get(commands::get::GetArgs),
+    /// Create or update services from manifest files.
+    Apply(commands::apply::ApplyArgs),
+    /// Show what `apply` would change (exit 1 when something would).
+    Diff(commands::diff::DiffArgs),
+    /// Show one service, replica or node in detail, with its events.
+    Describe(commands::describe::DescribeArgs),
+    /// Set the replica count of a service.
+    Scale(commands::scale::ScaleArgs),
+    /// Delete services (by name or manifest), replicas, nodes or events.
+    Delete(commands::delete::DeleteArgs),
+    /// Mark a node unschedulable: no new replicas go there.
+    #[command(after_help = "Example:\n  gantry cordon n1")]
+    Cordon(commands::nodes::NodeArgs),
+    /// Mark a node schedulable again.
+    #[command(after_help = "Example:\n  gantry uncordon n1")]
+    Uncordon(commands::nodes::NodeArgs),
+    /// Cordon a node and evict its replicas so they are replaced elsewhere.
+    Drain(commands::nodes::DrainArgs),
+    /// List events, oldest first (`-w` to follow).
+    Events(commands::events::EventsArgs),
+    /// Print a shell completion script.
+    Completion(commands::completion::CompletionArgs),
 }
 
 fn main() {
@@ -48,7 +79,23 @@ fn main() {
         Command::Image(cmd) => commands::image::run(&root, cmd),
         Command::Container(cmd) => commands::container::run(&root, cmd),
         Command::Server(args) => commands::server::run(args),
+        Command::Agent(args) => commands::agent::run(root.path().to_path_buf(), &cli.target, args),
+        Command::Cluster(args) => commands::cluster::run(args),
         Command::Members(cmd) => commands::members::run(&cli.target, cmd),
+        Command::Config(cmd) => commands::config::run(&cli.target, cmd),
+        Command::Get(args) => commands::get::run(&cli.target, args),
+        Command::Apply(args) => commands::apply::run(&cli.target, args),
+        Command::Diff(args) => commands::diff::run(&cli.target, args),
+        Command::Describe(args) => commands::describe::run(&cli.target, args),
+        Command::Scale(args) => commands::scale::run(&cli.target, args),
+        Command::Delete(args) => commands::delete::run(&cli.target, args),
+        Command::Cordon(args) => commands::nodes::run_cordon(&cli.target, args, true),
+        Command::Uncordon(args) => commands::nodes::run_cordon(&cli.target, args, false),
+        Command::Drain(args) => commands::nodes::run_drain(&cli.target, args),
+        Command::Events(args) => commands::events::run(&cli.target, args),
+        Command::Completion(args) => {
+            commands::completion::run(args, <Cli as clap::CommandFactory>::command())
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

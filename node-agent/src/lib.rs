@@ -1,5 +1,32 @@
 //! Gantry's node agent: registers a node, watches the replicas bound to it and reconciles
 //! them into containers through `gantry-runtime`.
 //!
-//! Not built yet: the agent/scheduler issue fills this crate. Nothing here pretends to work.
+//! Modules:
+//! - [`config`]: [`AgentConfig`], what one agent is told at start.
+//! - [`agent`]: [`run`], wiring every task together until shutdown.
+//! - [`node`]: registration of the Node object and the heartbeat.
+//! - [`watcher`]: list + watch of the replicas bound here.
+//! - [`reconciler`]: the level-triggered loop from desired replicas to containers, restarts
+//!   with back-off, re-adoption.
+//! - [`backoff`]: the restart back-off schedule.
+//! - [`probes`]: startup, liveness and readiness probes.
+//! - [`status`]: batched, compare-and-swap status write-back.
+//! - [`recorder`]: folded Event objects.
+//! - [`server`]: the agent's gRPC service (logs, exec).
 #![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+mod error;
+pub mod node;
+pub mod probes;
+pub mod reconciler;
+pub mod recorder;
+pub mod server;
+pub mod status;
+pub mod watcher;
+
+pub use agent::run;
+pub use config::AgentConfig;
+pub use error::AgentError;

@@ -1,16 +1,22 @@
-//! `gantry members`: list and remove control-plane members through any member's API.
+//! `gantry members`: remove control-plane members through any member's API. Listing is
+//! `gantry get members`; `members ls` stays as an alias of it.
 
+use super::output::{client_error, finish, OutputFormat};
 use super::target::TargetArgs;
 use clap::Subcommand;
 
 /// `gantry members …`.
 #[derive(Subcommand, Debug)]
 pub enum MembersCommand {
-    /// List members with their leader flag, term and last applied index.
-    #[command(alias = "list")]
-    Ls,
+    /// List members (same as `gantry get members`).
+    #[command(alias = "list", after_help = "Example:\n  gantry members ls -o json")]
+    Ls {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<OutputFormat>,
+    },
     /// Remove a member from the cluster.
-    #[command(alias = "rm")]
+    #[command(alias = "rm", after_help = "Example:\n  gantry members remove s3")]
     Remove {
         /// The member's name.
         name: String,
@@ -19,44 +25,20 @@ pub enum MembersCommand {
 
 /// Runs a `members` subcommand.
 pub fn run(target: &TargetArgs, cmd: MembersCommand) -> anyhow::Result<i32> {
-    super::target::runtime()?.block_on(async move {
+    finish(super::target::runtime()?.block_on(async move {
         let mut client = target.connect().await?;
         match cmd {
-            MembersCommand::Ls => {
-                let resp = client
-                    .members()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("members: {e}"))?;
-                let rows: Vec<Vec<String>> = resp
-                    .members
-                    .iter()
-                    .map(|m| {
-                        vec![
-                            m.name.clone(),
-                            m.addr.clone(),
-                            if m.leader {
-                                "leader"
-                            } else if m.voter {
-                                "voter"
-                            } else {
-                                "learner"
-                            }
-                            .to_string(),
-                            m.term.to_string(),
-                            m.last_applied.to_string(),
-                        ]
-                    })
-                    .collect();
-                super::print_table(&["NAME", "ADDRESS", "ROLE", "TERM", "APPLIED"], &rows);
+            MembersCommand::Ls { output } => {
+                super::get::print_members(&mut client, None, output).await
             }
             MembersCommand::Remove { name } => {
                 client
                     .remove_member(&name)
                     .await
-                    .map_err(|e| anyhow::anyhow!("remove member {name}: {e}"))?;
+                    .map_err(|e| client_error(e, &format!("remove member {name}")))?;
                 println!("{name} removed");
+                Ok(0)
             }
         }
-        Ok(0)
-    })
+    }))
 }

@@ -1,10 +1,24 @@
 //! One module per group of subcommands; each exposes its clap types and a `run`.
 
+pub mod agent;
+pub mod apply;
+pub mod cluster;
+pub mod completion;
+pub mod config;
 pub mod container;
+pub mod delete;
+pub mod describe;
+pub mod diff;
+pub mod events;
+pub mod get;
 pub mod image;
 pub mod members;
+pub mod nodes;
+pub mod output;
+pub mod scale;
 pub mod server;
 pub mod target;
+pub mod wait;
 
 /// The process exit code for an error, following Docker: 125 when Gantry itself failed,
 /// 126 when the command could not be invoked, 127 when it was not found.

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Args;
+use gantry_control_plane::controllers::{default_controllers, ControllerConfig};
 use gantry_control_plane::raft::RaftTuning;
 use gantry_control_plane::server::{Bootstrap, ServerConfig};
 use std::path::PathBuf;
@@ -41,6 +42,33 @@ pub struct ServerArgs {
     /// Deadline of a write or linearizable read, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub request_timeout_ms: u64,
+    /// A node not heard from for this long is NotReady (`4s`, `500ms`).
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    pub node_lease: Duration,
+    /// After a further grace, a NotReady node's replicas are replaced elsewhere.
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    pub node_grace: Duration,
+    /// Controllers compare all desired and actual state at least this often.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub resync: Duration,
+}
+
+/// Parses `250ms`, `4s`, `2m` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 4s, 1m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
 }
 
 /// Runs the member; returns its exit code.
@@ -67,6 +95,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<i32> {
         ..RaftTuning::default()
     };
     config.request_timeout = Duration::from_millis(args.request_timeout_ms);
+    config.leader_tasks = default_controllers(ControllerConfig {
+        node_lease: args.node_lease,
+        node_grace: args.node_grace,
+        resync: args.resync,
+        ..ControllerConfig::default()
+    });
     // Built here, after the shim/init dispatch in `main`: daemons own their runtime.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

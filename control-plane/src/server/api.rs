@@ -494,7 +494,16 @@ macro_rules! leader_call {
         match $self.$do(msg.clone()).await {
             Ok(r) => Ok(tonic::Response::new(r)),
             Err(e) => match $self.forward_target(&e, already) {
-                Some(addr) => $self.peer(&addr)?.$rpc(forwarded(msg)).await,
+                Some(addr) => {
+                    // A leader that vanished mid-call must not hold the client forever.
+                    let mut peer = $self.peer(&addr)?;
+                    match tokio::time::timeout($self.timeout, peer.$rpc(forwarded(msg))).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            Err(ApiError::Timeout("forwarded request", $self.timeout).into_status())
+                        }
+                    }
+                }
                 None => Err(e.into_status()),
             },
         }
@@ -609,7 +618,17 @@ impl ObjectService for ObjectApi {
         match self.do_remove_member(msg.clone()).await {
             Ok(()) => Ok(tonic::Response::new(RemoveMemberResponse {})),
             Err(e) => match self.forward_target(&e, already) {
-                Some(addr) => self.peer(&addr)?.remove_member(forwarded(msg)).await,
+                Some(addr) => {
+                    let mut peer = self.peer(&addr)?;
+                    match tokio::time::timeout(self.timeout, peer.remove_member(forwarded(msg)))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => {
+                            Err(ApiError::Timeout("forwarded request", self.timeout).into_status())
+                        }
+                    }
+                }
                 None => Err(e.into_status()),
             },
         }

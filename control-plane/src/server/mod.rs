@@ -39,6 +39,9 @@ pub enum Bootstrap {
     Restart,
 }
 
+/// How long a stopping member waits for open calls before it drops their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// Everything a member needs.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -346,7 +349,17 @@ pub async fn run_with(
         tracing::warn!(error = %e, "raft shutdown");
     }
     stop_serving.cancel();
-    let served = server.await;
+    // Graceful shutdown waits for open calls, and a watch never ends by itself: give calls a
+    // moment to finish, then drop the connections.
+    let mut server = server;
+    let served = match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!(member = %config.name, "closing open watches and calls");
+            server.abort();
+            Ok(Ok(()))
+        }
+    };
     kv.flush().await?;
     joined?;
     match served {

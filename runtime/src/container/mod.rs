@@ -9,6 +9,7 @@
 //! Names are reserved race-free as symlinks `ROOT/names/<name>` → id.
 
 mod error;
+pub mod exec;
 mod lifecycle;
 pub mod logs;
 pub mod net;

@@ -1,0 +1,642 @@
+//! The node agent against real containers and a real control plane: a `gantry server` and a
+//! `gantry agent` process per test, replicas created directly through the client (bound to
+//! the node by hand, so no controller is needed).
+
+mod common;
+
+use common::{inspect, wait_for, Root, IMAGE};
+use gantry_api::client::Client;
+use gantry_api::model::{
+    ContainerTemplate, EnvVar, ExecAction, HttpGetAction, PortRef, Probe, ReplicaSpec,
+    ReplicaStatus, RestartPolicy, TcpSocketAction,
+};
+use gantry_api::objects::{Kind, Object};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const NODE: &str = "n1";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP proxy in front of the control plane: the agent talks through it, so cutting it
+/// makes the control plane unreachable for the agent only.
+struct Proxy {
+    token: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Proxy {
+    fn start(listen: String, target: String) -> Proxy {
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let thread = std::thread::spawn(move || {
+            rt().block_on(async move {
+                let listener = loop {
+                    match tokio::net::TcpListener::bind(&listen).await {
+                        Ok(l) => break l,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                };
+                loop {
+                    let (mut inbound, _) = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                    };
+                    let (stop, target) = (stop.clone(), target.clone());
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        }
+                    });
+                }
+            });
+        });
+        Proxy { token, thread }
+    }
+
+    fn stop(self) {
+        self.token.cancel();
+        let _ = self.thread.join();
+    }
+}
+
+/// A control plane, an agent and a runtime root; kills both processes (by pid) and removes
+/// every container when dropped.
+struct Cluster {
+    root: Root,
+    dir: tempfile::TempDir,
+    addr: String,
+    proxy_addr: String,
+    proxy: Option<Proxy>,
+    server: Option<(CancellationToken, std::thread::JoinHandle<()>)>,
+    agent: Option<Child>,
+    agents_started: u32,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn new(with_image: bool) -> Cluster {
+        let root = if with_image {
+            Root::with_sample()
+        } else {
+            Root::empty()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut c = Cluster {
+            root,
+            dir,
+            addr,
+            proxy_addr: format!("127.0.0.1:{}", free_port()),
+            proxy: None,
+            server: None,
+            agent: None,
+            agents_started: 0,
+            rt: rt(),
+        };
+        c.start_server(true);
+        c.proxy = Some(Proxy::start(c.proxy_addr.clone(), c.addr.clone()));
+        c.start_agent(&[]);
+        c.wait_node_ready();
+        c
+    }
+
+    /// Runs a control-plane member in-process without leader controllers (so replicas made
+    /// by hand are neither deleted as orphans nor rescheduled), on a thread of its own.
+    fn start_server(&mut self, init: bool) {
+        use gantry_control_plane::server::{Bootstrap, ServerConfig};
+        let data = self.dir.path().join("s1");
+        let bootstrap = if init {
+            Bootstrap::Init
+        } else {
+            Bootstrap::Restart
+        };
+        let config = ServerConfig::new("s1".to_string(), data, bootstrap);
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let addr = self.addr.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = loop {
+                    match tokio::net::TcpListener::bind(&addr).await {
+                        Ok(l) => break l,
+                        // The previous member's socket may linger a moment.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                };
+                if let Err(e) = gantry_control_plane::server::run(config, listener, stop).await {
+                    eprintln!("control plane failed: {e}");
+                }
+            });
+        });
+        self.server = Some((token, thread));
+        let addr = self.addr.clone();
+        wait_for(
+            "the control plane to answer",
+            Duration::from_secs(30),
+            || {
+                self.rt.block_on(async {
+                    match Client::connect(std::slice::from_ref(&addr)).await {
+                        Ok(mut c) => c.list(Kind::Node).await.is_ok(),
+                        Err(_) => false,
+                    }
+                })
+            },
+        );
+    }
+
+    fn stop_server(&mut self) {
+        if let Some((token, thread)) = self.server.take() {
+            token.cancel();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // A member that does not wind down in time is left to the process exit.
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    fn agent_command(&mut self, extra: &[&str]) -> Command {
+        self.agents_started += 1;
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("agent-{}.log", self.agents_started)),
+        )
+        .unwrap();
+        let mut cmd = self.root.command(&[
+            "--server",
+            &self.proxy_addr,
+            "agent",
+            "--name",
+            NODE,
+            "--heartbeat",
+            "200ms",
+            "--poll",
+            "100ms",
+            "--resync",
+            "1s",
+            "--backoff-base",
+            "300ms",
+            "--backoff-max",
+            "5s",
+            "--stop-grace",
+            "1s",
+        ]);
+        cmd.args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd
+    }
+
+    fn start_agent(&mut self, extra: &[&str]) {
+        let child = self
+            .agent_command(extra)
+            .spawn()
+            .expect("spawn gantry agent");
+        self.agent = Some(child);
+    }
+
+    fn kill(child: &mut Option<Child>) {
+        if let Some(mut c) = child.take() {
+            let _ = c.kill(); // SIGKILL by pid
+            let _ = c.wait();
+        }
+    }
+
+    fn client(&self) -> Client {
+        self.rt
+            .block_on(Client::connect(std::slice::from_ref(&self.addr)))
+            .expect("connect")
+    }
+
+    fn wait_node_ready(&self) {
+        wait_for("the node to register", Duration::from_secs(30), || {
+            let mut c = self.client();
+            self.rt
+                .block_on(c.get(Kind::Node, NODE))
+                .ok()
+                .flatten()
+                .is_some()
+        });
+    }
+
+    fn create_replica(&self, name: &str, template: ContainerTemplate) {
+        let mut obj = Object::new(Kind::Replica, name);
+        obj.set_spec(&ReplicaSpec {
+            service: "svc".into(),
+            node_name: Some(NODE.into()),
+            template,
+            template_hash: "h1".into(),
+            node_selector: Default::default(),
+        });
+        let mut c = self.client();
+        self.rt.block_on(c.create(&obj)).expect("create replica");
+    }
+
+    fn delete_replica(&self, name: &str) {
+        let mut c = self.client();
+        self.rt
+            .block_on(c.delete(Kind::Replica, name, None))
+            .expect("delete replica");
+    }
+
+    fn status(&self, name: &str) -> ReplicaStatus {
+        let mut c = self.client();
+        match self.rt.block_on(c.get(Kind::Replica, name)) {
+            Ok(Some(o)) => o.status_as().unwrap_or_default(),
+            _ => ReplicaStatus::default(),
+        }
+    }
+
+    /// Waits until the replica's status satisfies `cond`; returns it.
+    fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        secs: u64,
+        cond: impl Fn(&ReplicaStatus) -> bool,
+    ) -> ReplicaStatus {
+        let start = Instant::now();
+        loop {
+            let s = self.status(name);
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "timed out waiting for {name} to be {what}; last status {s:?}\nagent log:\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn agent_log(&self) -> String {
+        let p = self
+            .dir
+            .path()
+            .join(format!("agent-{}.log", self.agents_started));
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Containers of `replica` on the node (via `gantry ps -a -q` + inspect); one the agent
+    /// removes between the two calls is skipped.
+    fn containers(&self, replica: &str) -> Vec<serde_json::Value> {
+        self.root
+            .ok(&["ps", "-a", "-q"])
+            .split_whitespace()
+            .filter_map(|id| {
+                let out = self.root.gantry(&["inspect", id]);
+                out.status.success().then(|| {
+                    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("inspect json")
+                })
+            })
+            .filter(|j| j["spec"]["labels"]["gantry.io/replica"] == replica)
+            .collect()
+    }
+
+    fn running(&self, replica: &str) -> Vec<serde_json::Value> {
+        self.containers(replica)
+            .into_iter()
+            .filter(|j| j["status"] == "running")
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        Cluster::kill(&mut self.agent);
+        if let Some(p) = self.proxy.take() {
+            p.stop();
+        }
+        self.stop_server();
+        // `self.root` removes every container when dropped.
+    }
+}
+
+/// Extension: a root without the sample image.
+trait EmptyRoot {
+    fn empty() -> Root;
+}
+
+impl EmptyRoot for Root {
+    fn empty() -> Root {
+        common::require_root();
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-roots");
+        std::fs::create_dir_all(&base).unwrap();
+        Root {
+            dir: tempfile::Builder::new()
+                .prefix("gantry-agent-")
+                .tempdir_in(base)
+                .unwrap(),
+        }
+    }
+}
+
+fn serve() -> ContainerTemplate {
+    ContainerTemplate {
+        image: IMAGE.into(),
+        ..Default::default()
+    }
+}
+
+fn workload(args: &[&str]) -> ContainerTemplate {
+    ContainerTemplate {
+        image: IMAGE.into(),
+        command: vec!["/app/gantry-workload".into()],
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn probe() -> Probe {
+    Probe {
+        exec: None,
+        http_get: None,
+        tcp_socket: None,
+        initial_delay_seconds: 0,
+        period_seconds: 1,
+        timeout_seconds: 1,
+        success_threshold: 1,
+        failure_threshold: 2,
+    }
+}
+
+fn kill_pid(pid: i64) {
+    assert!(pid > 0, "no pid to kill");
+    let ok = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -9 {pid}");
+}
+
+#[test]
+fn replica_runs_is_restarted_when_killed_and_removed_when_deleted() {
+    let c = Cluster::new(true);
+
+    // Bound to the node: the agent runs it and reports Running, ready, with its container.
+    c.create_replica("web", serve());
+    let s = c.wait_status("web", "running and ready", 30, |s| {
+        s.phase == gantry_api::model::Phase::Running && s.ready && s.container_id.is_some()
+    });
+    let first = s.container_id.clone().unwrap();
+    assert_eq!(s.restart_count, 0);
+    assert!(s.start_time.is_some());
+
+    // Its process killed: the agent restarts it (policy Always) and counts the restart.
+    let pid = inspect(&c.root, &first)["state"]["pid"].as_i64().unwrap();
+    kill_pid(pid);
+    let s = c.wait_status("web", "restarted once", 30, |s| {
+        s.restart_count == 1 && s.ready && s.container_id.as_deref() != Some(first.as_str())
+    });
+    assert_eq!(s.last_exit_code, Some(137));
+    assert_eq!(c.running("web").len(), 1, "exactly one container runs");
+
+    // Deleted: its containers are stopped and removed.
+    c.delete_replica("web");
+    wait_for(
+        "the replica's containers to be removed",
+        Duration::from_secs(30),
+        || c.containers("web").is_empty(),
+    );
+}
+
+#[test]
+fn crashing_replica_backs_off_with_growing_delays() {
+    let c = Cluster::new(true);
+    c.create_replica("crash", workload(&["exit", "1"]));
+
+    let s = c.wait_status("crash", "in CrashLoopBackOff", 30, |s| {
+        s.reason.as_deref() == Some("CrashLoopBackOff") && s.last_exit_code == Some(1)
+    });
+    assert!(!s.ready);
+
+    // Restarts keep coming, each after a longer wait (300ms, 600ms, 1.2s, 2.4s…).
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    let mut last = c.status("crash").restart_count;
+    while seen.len() < 3 {
+        let s = c.wait_status("crash", "restarted again", 30, |s| s.restart_count > last);
+        seen.push((s.restart_count, start.elapsed()));
+        last = s.restart_count;
+    }
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    assert!(
+        gaps[1] > gaps[0],
+        "back-off should grow: restarts at {seen:?}"
+    );
+    assert!(c.running("crash").len() <= 1);
+}
+
+#[test]
+fn probes_restart_unhealthy_and_gate_readiness() {
+    let c = Cluster::new(true);
+
+    // Liveness: /healthz fails (HEALTHZ_FAIL=1) → the container is killed and restarted.
+    let mut live = serve();
+    live.env = vec![EnvVar {
+        name: "HEALTHZ_FAIL".into(),
+        value: "1".into(),
+    }];
+    live.liveness_probe = Some(Probe {
+        http_get: Some(HttpGetAction {
+            path: "/healthz".into(),
+            port: PortRef::Number(8080),
+            host: None,
+        }),
+        ..probe()
+    });
+    c.create_replica("live", live);
+
+    // Readiness on a port nothing listens on → never ready, with a reason.
+    let mut notready = serve();
+    notready.readiness_probe = Some(Probe {
+        tcp_socket: Some(TcpSocketAction {
+            port: PortRef::Number(9999),
+            host: None,
+        }),
+        ..probe()
+    });
+    c.create_replica("notready", notready);
+
+    // Exec readiness that passes (a command run inside the container) → ready.
+    let mut exec = serve();
+    exec.readiness_probe = Some(Probe {
+        exec: Some(ExecAction {
+            command: vec!["/app/gantry-workload".into(), "exit".into(), "0".into()],
+        }),
+        ..probe()
+    });
+    c.create_replica("execok", exec);
+
+    // Exec readiness that fails → not ready, the exit code in the message.
+    let mut execbad = serve();
+    execbad.readiness_probe = Some(Probe {
+        exec: Some(ExecAction {
+            command: vec!["/app/gantry-workload".into(), "exit".into(), "3".into()],
+        }),
+        ..probe()
+    });
+    c.create_replica("execbad", execbad);
+
+    c.wait_status("execok", "ready through its exec probe", 30, |s| s.ready);
+    let s = c.wait_status("notready", "not ready with a reason", 30, |s| {
+        s.phase == gantry_api::model::Phase::Running && s.message.is_some()
+    });
+    assert!(!s.ready);
+    assert!(s.message.unwrap().contains("9999"));
+    let s = c.wait_status("execbad", "not ready with a reason", 30, |s| {
+        s.message
+            .as_deref()
+            .is_some_and(|m| m.contains("exited with 3"))
+    });
+    assert!(!s.ready);
+    c.wait_status("live", "restarted by its liveness probe", 40, |s| {
+        s.restart_count >= 1
+    });
+}
+
+#[test]
+fn missing_image_is_reported_then_runs_after_import() {
+    let c = Cluster::new(false);
+    c.create_replica("img", serve());
+    let s = c.wait_status("img", "ImageNotFound", 30, |s| {
+        s.reason.as_deref() == Some("ImageNotFound")
+    });
+    assert!(s.message.unwrap().contains(IMAGE));
+
+    c.root.ok(&[
+        "image",
+        "import",
+        common::sample_archive().to_str().unwrap(),
+    ]);
+    c.wait_status("img", "running after the import", 30, |s| {
+        s.phase == gantry_api::model::Phase::Running && s.ready
+    });
+}
+
+#[test]
+fn restarted_agent_readopts_its_containers() {
+    let mut c = Cluster::new(true);
+    c.create_replica("keep", serve());
+    let mut never = workload(&["exit", "0"]);
+    never.restart_policy = RestartPolicy::Never;
+    c.create_replica("done", never);
+    let before = c.wait_status("keep", "running", 30, |s| s.ready);
+    c.wait_status("done", "Succeeded", 30, |s| {
+        s.phase == gantry_api::model::Phase::Succeeded
+    });
+
+    // A second agent for the same node refuses while the first heartbeats.
+    let out = common::run_with_deadline(c.agent_command(&[]), Duration::from_secs(30));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another live agent"), "{err}");
+
+    // SIGKILL the agent; containers keep running under their shims.
+    Cluster::kill(&mut c.agent);
+    assert_eq!(c.running("keep").len(), 1);
+    c.start_agent(&[]);
+
+    // The new agent adopts the container: same id, no duplicate, no restart counted.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        let s = c.status("keep");
+        assert_eq!(s.container_id, before.container_id, "container replaced");
+        assert_eq!(s.restart_count, 0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.running("keep").len(), 1);
+    assert_eq!(c.containers("keep").len(), 1);
+    let done = c.status("done");
+    assert_eq!(done.phase, gantry_api::model::Phase::Succeeded);
+    assert_eq!(done.restart_count, 0);
+    assert!(
+        c.agent_log().contains("node taken over"),
+        "{}",
+        c.agent_log()
+    );
+
+    // SIGTERM stops the agent cleanly and leaves the containers running.
+    let mut agent = c.agent.take().expect("agent runs");
+    let ok = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = agent.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "agent ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "agent exited with {status:?}: {}",
+        c.agent_log()
+    );
+    assert_eq!(c.running("keep").len(), 1);
+}
+
+#[test]
+fn containers_survive_a_control_plane_outage_and_status_catches_up() {
+    let mut c = Cluster::new(true);
+    c.create_replica("calm", serve());
+    let s = c.wait_status("calm", "running", 30, |s| s.ready);
+    let first = s.container_id.unwrap();
+
+    // Control plane down: the container keeps running and is still restarted when killed.
+    c.proxy.take().expect("proxy runs").stop();
+    let pid = inspect(&c.root, &first)["state"]["pid"].as_i64().unwrap();
+    kill_pid(pid);
+    wait_for("a replacement container", Duration::from_secs(30), || {
+        c.running("calm")
+            .iter()
+            .any(|j| j["id"].as_str() != Some(first.as_str()))
+    });
+
+    // Back up: the status shows the restart.
+    c.proxy = Some(Proxy::start(c.proxy_addr.clone(), c.addr.clone()));
+    c.wait_status("calm", "caught up", 40, |s| {
+        s.restart_count == 1 && s.ready && s.container_id.as_deref() != Some(first.as_str())
+    });
+}

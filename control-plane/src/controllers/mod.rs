@@ -1,0 +1,161 @@
+//! The leader-only controllers, each a [`LeaderTask`]:
+//!
+//! - [`service`]: [`ServiceController`] keeps each Service's Replica objects at the desired
+//!   count and template (rolling updates, scale up and down, orphan cleanup) and writes the
+//!   Service's status.
+//! - [`scheduler`]: [`Scheduler`], the pure placement function, and [`SchedulerTask`], which
+//!   binds Pending replicas to nodes.
+//! - [`nodes`]: [`NodeLifecycle`] judges node liveness by this member's own clock, marks
+//!   silent nodes NotReady and deletes their replicas after a grace period.
+//! - [`events`]: [`EventRecorder`] (folding repeats) used by all of them, and [`EventGc`].
+//! - [`informer`] and [`writer`]: the watch-fed object cache and the compare-and-swap writes
+//!   the controllers share.
+//!
+//! Every controller is level-triggered: it compares desired with actual state on every batch
+//! of watch events (coalesced for [`ControllerConfig::debounce`]) and on a periodic resync,
+//! and every write is a compare-and-swap, so an old leader finishing a write does no harm.
+
+pub mod events;
+pub mod informer;
+pub mod nodes;
+pub mod scheduler;
+pub mod service;
+pub mod writer;
+
+pub use events::{EventGc, EventRecorder};
+pub use nodes::NodeLifecycle;
+pub use scheduler::{Scheduler, SchedulerTask};
+pub use service::ServiceController;
+
+use crate::server::LeaderTask;
+use crate::types::Raft;
+use futures::future::BoxFuture;
+use gantry_api::model::Phase;
+use informer::{Changes, Informer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The label on a Replica naming its Service.
+pub const LABEL_SERVICE: &str = "gantry.io/service";
+
+/// Settings of the controllers.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// A node not heard from for this long is NotReady (its replicas' phase Unknown).
+    pub node_lease: Duration,
+    /// After a further `node_grace`, a NotReady node's replicas are deleted (and replaced).
+    pub node_grace: Duration,
+    /// Every controller compares everything at least this often.
+    pub resync: Duration,
+    /// Bursts of watch events within this window are handled as one batch.
+    pub debounce: Duration,
+    /// Deadline of one write.
+    pub write_timeout: Duration,
+    /// Writes a controller keeps in flight at once (binds, creates).
+    pub write_concurrency: usize,
+    /// Events whose last occurrence is older are deleted.
+    pub event_ttl: Duration,
+    /// At most this many events are kept.
+    pub max_events: usize,
+    /// How often the event collector runs.
+    pub event_gc_interval: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            node_lease: Duration::from_secs(4),
+            node_grace: Duration::from_secs(4),
+            resync: Duration::from_secs(5),
+            debounce: Duration::from_millis(20),
+            write_timeout: Duration::from_secs(5),
+            write_concurrency: 64,
+            event_ttl: Duration::from_secs(3600),
+            max_events: 1000,
+            event_gc_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The controllers a `gantry server` runs while it leads: service controller, scheduler,
+/// node lifecycle and event collector.
+pub fn default_controllers(cfg: ControllerConfig) -> Vec<Arc<dyn LeaderTask>> {
+    vec![
+        Arc::new(ServiceController::new(cfg.clone())),
+        Arc::new(SchedulerTask::new(cfg.clone())),
+        Arc::new(NodeLifecycle::new(cfg.clone())),
+        Arc::new(EventGc::new(cfg)),
+    ]
+}
+
+/// True for the phases a replica never leaves.
+pub fn is_finished(phase: Phase) -> bool {
+    matches!(phase, Phase::Succeeded | Phase::Failed)
+}
+
+/// One level-triggered pass of a controller over its informer.
+pub(crate) trait Pass: Send {
+    /// Compares desired with actual for what `changes` touched (everything when
+    /// `changes.relisted`); answers true to be called again soon (a write failed).
+    fn pass<'a>(&'a mut self, inf: &'a Informer, changes: Changes) -> BoxFuture<'a, bool>;
+}
+
+/// Runs `p` on every coalesced batch of changes and every `resync` until `stop`.
+///
+/// It first waits until the local store reflects every committed write (a read barrier), so
+/// a new leader never acts on a state older than its predecessor's last writes.
+pub(crate) async fn run_loop(
+    raft: &Raft,
+    inf: &mut Informer,
+    debounce: Duration,
+    resync: Duration,
+    stop: &CancellationToken,
+    p: &mut impl Pass,
+) {
+    let retry = Duration::from_millis(200);
+    loop {
+        let ready = match raft.ensure_linearizable().await {
+            Ok(_) => inf.relist(),
+            Err(e) => Err(e.to_string()),
+        };
+        match ready {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "controller cannot start yet"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+    let mut changes = Changes {
+        relisted: true,
+        touched: Vec::new(),
+    };
+    let mut next_resync = Instant::now() + resync;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let again = p.pass(inf, changes).await;
+        changes = Changes::default();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            c = inf.next() => changes = c,
+            _ = tokio::time::sleep_until(next_resync) => {}
+            _ = tokio::time::sleep(retry), if again => changes.relisted = true,
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(debounce) => {}
+        }
+        let more = inf.drain();
+        changes.relisted |= more.relisted;
+        changes.touched.extend(more.touched);
+        if Instant::now() >= next_resync {
+            changes.relisted = true;
+            next_resync = Instant::now() + resync;
+        }
+    }
+}

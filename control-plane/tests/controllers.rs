@@ -1,0 +1,590 @@
+//! The leader-only controllers against real members over loopback gRPC, with fake nodes
+//! (Node objects heartbeated by the test) and a fake agent (marking bound replicas ready).
+
+mod common;
+
+use common::*;
+use gantry_api::model::{NodeStatus, Phase, ReplicaSpec, ReplicaStatus, ServiceStatus};
+use gantry_api::objects::{Kind, Object};
+use gantry_api::proto::{self, CreateRequest, DeleteRequest, ListRequest, UpdateRequest};
+use gantry_control_plane::controllers::{default_controllers, ControllerConfig};
+use gantry_control_plane::server::Bootstrap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn config() -> ControllerConfig {
+    ControllerConfig {
+        node_lease: Duration::from_millis(800),
+        node_grace: Duration::from_millis(800),
+        resync: Duration::from_millis(500),
+        debounce: Duration::from_millis(10),
+        ..ControllerConfig::default()
+    }
+}
+
+fn opts() -> Options {
+    Options {
+        leader_tasks: default_controllers(config()),
+        ..Options::default()
+    }
+}
+
+/// Lists `kind`, retrying while the cluster elects a leader.
+async fn list(c: &mut Client, kind: Kind) -> Vec<Object> {
+    let start = std::time::Instant::now();
+    loop {
+        let r = c
+            .list(ListRequest {
+                kind: kind.to_string(),
+                consistency: proto::Consistency::Linearizable as i32,
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                return r
+                    .into_inner()
+                    .items
+                    .iter()
+                    .map(|o| Object::from_json(&o.json).expect("object"))
+                    .collect()
+            }
+            Err(e) => assert!(start.elapsed() < DEADLINE, "list {kind}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn get(c: &mut Client, kind: Kind, name: &str) -> Option<Object> {
+    list(c, kind)
+        .await
+        .into_iter()
+        .find(|o| o.metadata.name == name)
+}
+
+fn envelope(o: &Object) -> Option<proto::Object> {
+    Some(proto::Object {
+        kind: o.kind.to_string(),
+        name: o.metadata.name.clone(),
+        resource_version: o.resource_version(),
+        json: o.to_json(),
+    })
+}
+
+async fn create(c: &mut Client, o: &Object) {
+    c.create(CreateRequest {
+        object: envelope(o),
+    })
+    .await
+    .expect("create");
+}
+
+/// Read-modify-write with compare-and-swap, retrying on conflict.
+async fn modify(c: &mut Client, kind: Kind, name: &str, f: impl Fn(&mut Object)) {
+    for _ in 0..50 {
+        let mut o = get(c, kind, name).await.expect("object exists");
+        f(&mut o);
+        if c.update(UpdateRequest {
+            object: envelope(&o),
+        })
+        .await
+        .is_ok()
+        {
+            return;
+        }
+    }
+    panic!("could not update {kind}/{name}");
+}
+
+fn service(name: &str, replicas: u32, extra: serde_json::Value) -> Object {
+    let mut spec = serde_json::json!({
+        "replicas": replicas,
+        "template": {"image": "app:1", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    let mut o = Object::new(Kind::Service, name);
+    o.spec = spec;
+    o
+}
+
+/// A fake fleet: registers nodes, heartbeats the live ones and marks replicas bound to them
+/// Running and ready, until dropped.
+struct Fleet {
+    alive: Arc<Mutex<BTreeSet<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn fleet(addr: &str, nodes: &[(&str, serde_json::Value)]) -> Fleet {
+    let mut c = client(addr).await;
+    for (name, labels) in nodes {
+        let mut o = Object::new(Kind::Node, *name);
+        o.metadata.labels = serde_json::from_value(labels.clone()).unwrap_or_default();
+        o.spec = serde_json::json!({"address": "127.0.0.1:1",
+            "capacity": {"cpu": "2", "memory": "1Gi", "replicas": 20}});
+        o.set_status(&NodeStatus {
+            ready: true,
+            last_heartbeat: Some(gantry_api::events::now_rfc3339_millis()),
+            ..NodeStatus::default()
+        });
+        create(&mut c, &o).await;
+    }
+    let alive = Arc::new(Mutex::new(
+        nodes
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect::<BTreeSet<String>>(),
+    ));
+    let live = alive.clone();
+    let addr = addr.to_string();
+    let task = tokio::spawn(async move {
+        let mut c = client(&addr).await;
+        loop {
+            let live: BTreeSet<String> = live.lock().unwrap().clone();
+            for n in list(&mut c, Kind::Node).await {
+                if live.contains(&n.metadata.name) {
+                    let mut n = n;
+                    let mut st: NodeStatus = n.status_as().unwrap();
+                    st.last_heartbeat = Some(gantry_api::events::now_rfc3339_millis());
+                    n.set_status(&st);
+                    let _ = c
+                        .update(UpdateRequest {
+                            object: envelope(&n),
+                        })
+                        .await;
+                }
+            }
+            for r in list(&mut c, Kind::Replica).await {
+                let spec: ReplicaSpec = r.spec_as().unwrap();
+                let st: ReplicaStatus = r.status_as().unwrap();
+                let on_live = spec.node_name.as_ref().is_some_and(|n| live.contains(n));
+                if on_live && !st.ready {
+                    let mut r = r;
+                    r.set_status(&ReplicaStatus {
+                        phase: Phase::Running,
+                        ready: true,
+                        ..st
+                    });
+                    let _ = c
+                        .update(UpdateRequest {
+                            object: envelope(&r),
+                        })
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    Fleet { alive, task }
+}
+
+fn replicas_of<'a>(all: &'a [Object], service: &str) -> Vec<&'a Object> {
+    all.iter()
+        .filter(|r| r.spec_as::<ReplicaSpec>().unwrap().service == service)
+        .collect()
+}
+
+/// Waits until `service` has `n` replicas, all bound and ready, and its status says so.
+async fn wait_ready(c: &mut Client, service: &str, n: usize) -> Vec<Object> {
+    wait_for(&format!("{n} ready replicas of {service}"), || {
+        let mut c = c.clone();
+        async move {
+            let all = list(&mut c, Kind::Replica).await;
+            let mine: Vec<Object> = replicas_of(&all, service).into_iter().cloned().collect();
+            let ok = mine.len() == n
+                && mine.iter().all(|r| {
+                    r.status_as::<ReplicaStatus>().unwrap().ready
+                        && r.spec_as::<ReplicaSpec>().unwrap().node_name.is_some()
+                });
+            let svc = get(&mut c, Kind::Service, service).await?;
+            let st: ServiceStatus = svc.status_as().unwrap();
+            (ok && st.ready_replicas as usize == n && st.updated_replicas as usize == n)
+                .then_some(mine)
+        }
+    })
+    .await
+}
+
+fn per_node(replicas: &[Object]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in replicas {
+        let node = r.spec_as::<ReplicaSpec>().unwrap().node_name.unwrap();
+        *m.entry(node).or_default() += 1;
+    }
+    m
+}
+
+async fn one_member(root: &std::path::Path) -> Member {
+    let m = start("s1", root.join("s1"), None, Bootstrap::Init, &opts())
+        .await
+        .expect("s1");
+    wait_for("s1 to lead", || async { m.is_leader().then_some(()) }).await;
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apply_spreads_replicas_and_scaling_one_service_leaves_another_alone() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let m = one_member(root.path()).await;
+    let mut c = m.client().await;
+    let nodes = [
+        ("n1", serde_json::json!({})),
+        ("n2", serde_json::json!({})),
+        ("n3", serde_json::json!({})),
+    ];
+    let _fleet = fleet(&m.addr, &nodes).await;
+
+    // Apply: six replicas, bound two per node (spread), all ready.
+    create(&mut c, &service("web", 6, serde_json::json!({}))).await;
+    create(&mut c, &service("db", 2, serde_json::json!({}))).await;
+    let web = wait_ready(&mut c, "web", 6).await;
+    assert!(
+        per_node(&web).values().all(|n| *n == 2),
+        "{:?}",
+        per_node(&web)
+    );
+    let db = wait_ready(&mut c, "db", 2).await;
+    let db_versions: BTreeMap<String, u64> = db
+        .iter()
+        .map(|r| (r.metadata.name.clone(), r.resource_version()))
+        .collect();
+
+    // Scale up, then down: the oldest replicas stay.
+    modify(&mut c, Kind::Service, "web", |s| {
+        s.spec["replicas"] = 9.into()
+    })
+    .await;
+    let web9 = wait_ready(&mut c, "web", 9).await;
+    assert!(
+        per_node(&web9).values().all(|n| *n == 3),
+        "{:?}",
+        per_node(&web9)
+    );
+    modify(&mut c, Kind::Service, "web", |s| {
+        s.spec["replicas"] = 4.into()
+    })
+    .await;
+    let web4 = wait_ready(&mut c, "web", 4).await;
+    let mut by_age: Vec<&Object> = web9.iter().collect();
+    by_age.sort_by_key(|r| r.metadata.creation_timestamp.clone());
+    let oldest: BTreeSet<String> = by_age[..4]
+        .iter()
+        .map(|r| r.metadata.name.clone())
+        .collect();
+    let kept: BTreeSet<String> = web4.iter().map(|r| r.metadata.name.clone()).collect();
+    assert_eq!(kept, oldest, "scale-down removes the newest");
+
+    // The other service was untouched: same names, same versions.
+    let all = list(&mut c, Kind::Replica).await;
+    let after: BTreeMap<String, u64> = replicas_of(&all, "db")
+        .iter()
+        .map(|r| (r.metadata.name.clone(), r.resource_version()))
+        .collect();
+    assert_eq!(after, db_versions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unschedulable_replicas_explain_why_and_selectors_and_cordons_are_respected() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let m = one_member(root.path()).await;
+    let mut c = m.client().await;
+    let nodes = [
+        ("n1", serde_json::json!({"disk": "ssd"})),
+        ("n2", serde_json::json!({})),
+        ("n3", serde_json::json!({})),
+    ];
+    let fleet = fleet(&m.addr, &nodes).await;
+    // n3 is down (never heartbeats, marked not ready) and n2 is cordoned.
+    fleet.alive.lock().unwrap().remove("n3");
+    modify(&mut c, Kind::Node, "n3", |n| {
+        n.status["ready"] = false.into()
+    })
+    .await;
+    modify(&mut c, Kind::Node, "n2", |n| {
+        n.spec["unschedulable"] = true.into()
+    })
+    .await;
+
+    // Too big for any node: the message counts each node's first failing filter.
+    let mut big = service("big", 1, serde_json::json!({}));
+    big.spec["template"]["resources"]["requests"]["memory"] = "4Gi".into();
+    create(&mut c, &big).await;
+    let msg = wait_for("big to be unschedulable", || {
+        let mut c = c.clone();
+        async move {
+            let all = list(&mut c, Kind::Replica).await;
+            let r = replicas_of(&all, "big").first().cloned()?.clone();
+            let st: ReplicaStatus = r.status_as().unwrap();
+            (st.reason.as_deref() == Some("Unschedulable")).then_some(st.message.unwrap())
+        }
+    })
+    .await;
+    assert_eq!(
+        msg,
+        "0/3 nodes are available: 1 insufficient memory, 1 not ready, 1 unschedulable"
+    );
+
+    // A selector only n1 matches; every replica lands there, none on the cordoned n2.
+    create(
+        &mut c,
+        &service(
+            "fast",
+            3,
+            serde_json::json!({"nodeSelector": {"disk": "ssd"}}),
+        ),
+    )
+    .await;
+    let fast = wait_ready(&mut c, "fast", 3).await;
+    assert_eq!(per_node(&fast), BTreeMap::from([("n1".to_string(), 3)]));
+    create(&mut c, &service("any", 2, serde_json::json!({}))).await;
+    let any = wait_ready(&mut c, "any", 2).await;
+    assert_eq!(per_node(&any), BTreeMap::from([("n1".to_string(), 2)]));
+
+    // One FailedScheduling event, not one per pass.
+    let events = list(&mut c, Kind::Event).await;
+    let failed = events
+        .iter()
+        .filter(|e| e.spec["reason"] == "FailedScheduling")
+        .count();
+    assert_eq!(failed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn template_change_rolls_within_surge_and_deleting_the_service_deletes_replicas() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let m = one_member(root.path()).await;
+    let mut c = m.client().await;
+    let nodes = [("n1", serde_json::json!({})), ("n2", serde_json::json!({}))];
+    let _fleet = fleet(&m.addr, &nodes).await;
+    create(&mut c, &service("web", 4, serde_json::json!({}))).await;
+    let v1 = wait_ready(&mut c, "web", 4).await;
+    let old_hash = v1[0].spec_as::<ReplicaSpec>().unwrap().template_hash;
+
+    // Roll to a new image: never more than 4 + 1 replicas, never fewer than 4 ready.
+    modify(&mut c, Kind::Service, "web", |s| {
+        s.spec["template"]["image"] = "app:2".into()
+    })
+    .await;
+    let seen = Arc::new(Mutex::new((0usize, usize::MAX)));
+    wait_for("the rollout to finish", || {
+        let mut c = c.clone();
+        let seen = seen.clone();
+        let old_hash = old_hash.clone();
+        async move {
+            let all = list(&mut c, Kind::Replica).await;
+            let mine = replicas_of(&all, "web");
+            let ready = mine
+                .iter()
+                .filter(|r| r.status_as::<ReplicaStatus>().unwrap().ready)
+                .count();
+            {
+                let mut s = seen.lock().unwrap();
+                s.0 = s.0.max(mine.len());
+                s.1 = s.1.min(ready);
+            }
+            let done = mine.len() == 4
+                && ready == 4
+                && mine
+                    .iter()
+                    .all(|r| r.spec_as::<ReplicaSpec>().unwrap().template_hash != old_hash);
+            done.then_some(())
+        }
+    })
+    .await;
+    let (max_total, min_ready) = *seen.lock().unwrap();
+    assert!(max_total <= 5, "surge exceeded: {max_total}");
+    assert!(min_ready >= 4, "availability dropped to {min_ready}");
+
+    // Deleting the service deletes its replicas.
+    c.delete(DeleteRequest {
+        kind: "Service".into(),
+        name: "web".into(),
+        expected_resource_version: 0,
+    })
+    .await
+    .expect("delete");
+    wait_for("replicas to be gone", || {
+        let mut c = c.clone();
+        async move { list(&mut c, Kind::Replica).await.is_empty().then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_node_goes_not_ready_and_its_replicas_run_elsewhere() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let m = one_member(root.path()).await;
+    let mut c = m.client().await;
+    let nodes = [("n1", serde_json::json!({})), ("n2", serde_json::json!({}))];
+    let fleet = fleet(&m.addr, &nodes).await;
+    create(&mut c, &service("web", 4, serde_json::json!({}))).await;
+    wait_ready(&mut c, "web", 4).await;
+
+    // n2 stops heartbeating: NotReady after the lease, replicas on n1 after the grace.
+    let t0 = std::time::Instant::now();
+    fleet.alive.lock().unwrap().remove("n2");
+    wait_for("n2 not ready", || {
+        let mut c = c.clone();
+        async move {
+            let n = get(&mut c, Kind::Node, "n2").await?;
+            let st: NodeStatus = n.status_as().unwrap();
+            (!st.ready && st.reason.as_deref() == Some("NodeStatusUnknown")).then_some(())
+        }
+    })
+    .await;
+    let not_ready_after = t0.elapsed();
+    let moved = wait_for("replicas to move to n1", || {
+        let mut c = c.clone();
+        async move {
+            let all = list(&mut c, Kind::Replica).await;
+            let mine: Vec<Object> = replicas_of(&all, "web").into_iter().cloned().collect();
+            let ok = mine.len() == 4
+                && mine.iter().all(|r| {
+                    r.spec_as::<ReplicaSpec>().unwrap().node_name.as_deref() == Some("n1")
+                        && r.status_as::<ReplicaStatus>().unwrap().ready
+                });
+            ok.then_some(mine)
+        }
+    })
+    .await;
+    let moved_after = t0.elapsed();
+    assert_eq!(moved.len(), 4);
+    assert!(
+        not_ready_after < Duration::from_secs(3),
+        "{not_ready_after:?}"
+    );
+    assert!(moved_after < Duration::from_secs(6), "{moved_after:?}");
+    let events = list(&mut c, Kind::Event).await;
+    assert!(events.iter().any(|e| e.spec["reason"] == "NodeLost"));
+
+    // Heard from again: ready.
+    fleet.alive.lock().unwrap().insert("n2".into());
+    wait_for("n2 ready again", || {
+        let mut c = c.clone();
+        async move {
+            let n = get(&mut c, Kind::Node, "n2").await?;
+            n.status_as::<NodeStatus>().unwrap().ready.then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn controllers_resume_on_a_new_leader_without_duplicate_replicas() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut members = cluster(root.path(), &opts()).await;
+    let leader = leader_index(&members).await;
+    let other = (leader + 1) % 3;
+    let nodes = [("n1", serde_json::json!({})), ("n2", serde_json::json!({}))];
+    let _fleet = fleet(&members[other].addr, &nodes).await;
+    let mut c = members[other].client().await;
+    create(&mut c, &service("web", 4, serde_json::json!({}))).await;
+    let before: BTreeSet<String> = wait_ready(&mut c, "web", 4)
+        .await
+        .iter()
+        .map(|r| r.metadata.name.clone())
+        .collect();
+
+    // Kill the leader; the new one scales the service without duplicating replicas.
+    let mut old = members.remove(leader);
+    old.stop().await;
+    let _new = leader_index(&members).await;
+    let mut c = members[0].client().await;
+    modify(&mut c, Kind::Service, "web", |s| {
+        s.spec["replicas"] = 6.into()
+    })
+    .await;
+    let after = wait_ready(&mut c, "web", 6).await;
+    let names: BTreeSet<String> = after.iter().map(|r| r.metadata.name.clone()).collect();
+    assert!(before.is_subset(&names), "the old replicas are kept");
+}
+
+/// Figures, not a test: binds per second end to end (one in-process member, CAS writes
+/// through Raft) for 10,000 replicas on 1,000 nodes. Run through `bench/scheduler.sh`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "figures: run explicitly with --ignored --nocapture"]
+async fn scheduler_end_to_end_figures() {
+    use futures::StreamExt;
+    use gantry_control_plane::controllers::SchedulerTask;
+    let root = tempfile::tempdir().unwrap();
+    let opts = Options {
+        leader_tasks: Vec::new(),
+        ..Options::default()
+    };
+    let m = start("s1", root.path().join("s1"), None, Bootstrap::Init, &opts)
+        .await
+        .expect("s1");
+    wait_for("s1 to lead", || async { m.is_leader().then_some(()) }).await;
+    let c = m.client().await;
+    let mut objects = Vec::new();
+    for i in 0..1000 {
+        let mut o = Object::new(Kind::Node, format!("node-{i:04}"));
+        o.spec = serde_json::json!({"capacity": {"cpu": "64", "memory": "256Gi", "replicas": 110}});
+        o.status = serde_json::json!({"ready": true});
+        objects.push(o);
+    }
+    for i in 0..10_000 {
+        let mut o = Object::new(Kind::Replica, format!("svc{}-{i:05}", i % 100));
+        o.spec = serde_json::json!({"service": format!("svc{}", i % 100),
+            "template": {"image": "a", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}},
+            "templateHash": "h"});
+        objects.push(o);
+    }
+    let t = std::time::Instant::now();
+    futures::stream::iter(objects)
+        .map(|o| {
+            let mut c = c.clone();
+            async move { create(&mut c, &o).await }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    println!("loaded 11000 objects in {:?}", t.elapsed());
+
+    // Start the scheduler alone on the loaded store and time the binds.
+    let cfg = ControllerConfig::default();
+    let task = SchedulerTask::new(cfg);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ctx = gantry_control_plane::server::LeaderContext {
+        raft: m.handle.raft.clone(),
+        store: m.handle.store.clone(),
+        member: "s1".into(),
+    };
+    use gantry_control_plane::server::LeaderTask;
+    let t = std::time::Instant::now();
+    let h = tokio::spawn(task.run(ctx, stop.clone()));
+    let store = m.handle.store.clone();
+    loop {
+        let (items, _) = store.list("Replica").unwrap();
+        let bound = items
+            .iter()
+            .filter(|o| o.json.contains("\"nodeName\""))
+            .count();
+        if bound == 10_000 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(300), "only {bound} bound");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = t.elapsed();
+    println!(
+        "end to end: 10000 replicas bound on 1000 nodes in {e:?}: {:.0} binds/s",
+        10_000.0 / e.as_secs_f64()
+    );
+    stop.cancel();
+    let _ = h.await;
+}
