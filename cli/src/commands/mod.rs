@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod completion;
 pub mod config;
 pub mod container;
+pub mod daemon;
 pub mod delete;
 pub mod describe;
 pub mod diff;

@@ -201,6 +201,15 @@ pub fn short_duration(secs: u64) -> String {
     }
 }
 
+/// [`parse_duration`] for periods and deadlines that must not be zero.
+pub fn parse_positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err(format!("{text:?}: must be longer than zero"));
+    }
+    Ok(d)
+}
+
 /// Parses a duration such as `60s`, `2m`, `1h`, `500ms` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
@@ -376,6 +385,9 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
         assert_eq!(parse_duration("7").unwrap().as_secs(), 7);
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_duration("1.5s").unwrap().as_millis(), 1500);
         assert_eq!(format_timeout(std::time::Duration::from_secs(60)), "60s");
         assert_eq!(format_timeout(std::time::Duration::from_secs(5)), "5s");
     }
