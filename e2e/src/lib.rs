@@ -4,7 +4,15 @@
 //!
 //! Clusters are heavy (several daemons on a two-core machine), so tests take [`serial`] to run
 //! one at a time.
+//!
+//! - [`linearizability`]: a checker of histories of register operations (Wing & Gong search
+//!   with Lowe's memoization, one key at a time).
+//! - [`nemesis`]: a seeded randomized run of clients against a cluster under faults, checked
+//!   with it (`gantry-e2e linearizability`).
 #![forbid(unsafe_code)]
+
+pub mod linearizability;
+pub mod nemesis;
 
 use anyhow::{bail, Context};
 use gantry_api::client::Client;
