@@ -15,6 +15,6 @@ $gantry run --rm --hostname demo --memory 64Mi --cpus 0.5 -e GREETING=hello gant
 $gantry run -d --name demo-web gantry/sample:latest /app/gantry-workload serve --port 8080
 $gantry ps
 sleep 1
-$gantry logs demo-web
+$gantry container logs demo-web
 $gantry stop demo-web
 $gantry rm demo-web

@@ -30,7 +30,14 @@ enum Command {
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
     #[command(flatten)]
+    Local(commands::container::TopLevelContainerCommand),
+    /// Local containers: run, ps, logs, stop, rm, inspect.
+    #[command(subcommand)]
     Container(commands::container::ContainerCommand),
+    /// Print a replica's output (through the agent of its node).
+    Logs(commands::logs::LogsArgs),
+    /// Run a command in a replica's running container.
+    Exec(commands::exec::ExecArgs),
     /// Run a control-plane member.
     Server(commands::server::ServerArgs),
     /// Run a node agent: register this machine and run the replicas bound to it.
@@ -77,7 +84,10 @@ fn main() {
     let root = gantry_runtime::root::RuntimeRoot::new(cli.root);
     let result = match cli.command {
         Command::Image(cmd) => commands::image::run(&root, cmd),
+        Command::Local(cmd) => commands::container::run(&root, cmd),
         Command::Container(cmd) => commands::container::run(&root, cmd),
+        Command::Logs(args) => commands::logs::run(&cli.target, args),
+        Command::Exec(args) => commands::exec::run(&cli.target, args),
         Command::Server(args) => commands::server::run(args),
         Command::Agent(args) => commands::agent::run(root.path().to_path_buf(), &cli.target, args),
         Command::Cluster(args) => commands::cluster::run(args),

@@ -334,6 +334,36 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Runs `gantry --server CONTROL-PLANE ARGS…` (the CLI side of logs and exec) to
+    /// completion, at most 60 s.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        common::run_with_deadline(self.cli_command(args), Duration::from_secs(60))
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.root.command(&["--server", &self.addr]);
+        cmd.args(args);
+        cmd
+    }
+
+    /// Runs the CLI and asserts success; returns (stdout, stderr).
+    fn cli_ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.cli(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success(),
+            "gantry {args:?} failed with {:?}: {stdout}{stderr}\nagent log:\n{}",
+            out.status.code(),
+            self.agent_log()
+        );
+        (stdout, stderr)
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         Cluster::kill(&mut self.agent);
@@ -376,6 +406,15 @@ fn workload(args: &[&str]) -> ContainerTemplate {
         image: IMAGE.into(),
         command: vec!["/app/gantry-workload".into()],
         args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn shell(script: &str) -> ContainerTemplate {
+    ContainerTemplate {
+        image: IMAGE.into(),
+        command: vec!["/bin/sh".into()],
+        args: vec!["-c".into(), script.into()],
         ..Default::default()
     }
 }
@@ -639,4 +678,165 @@ fn containers_survive_a_control_plane_outage_and_status_catches_up() {
     c.wait_status("calm", "caught up", 40, |s| {
         s.restart_count == 1 && s.ready && s.container_id.as_deref() != Some(first.as_str())
     });
+}
+
+#[test]
+fn logs_and_exec_reach_a_replica_through_its_agent() {
+    let c = Cluster::new(true);
+
+    // A replica that prints three lines, then waits for /tmp/go (made through exec) before
+    // printing one more and exiting; Never restarted, so the follow ends with it. The shim
+    // reads stdout and stderr separately, so a pause orders the stderr line first in the log.
+    let mut talk = shell(
+        "echo oops >&2; sleep 1; echo one; echo two; \
+         while [ ! -e /tmp/go ]; do sleep 1; done; echo after",
+    );
+    talk.restart_policy = RestartPolicy::Never;
+    c.create_replica("talk", talk);
+    c.wait_status("talk", "running", 30, |s| {
+        s.phase == gantry_api::model::Phase::Running
+    });
+    wait_for("the replica's output", Duration::from_secs(30), || {
+        c.cli_ok(&["logs", "talk"]).0 == "one\ntwo\n"
+    });
+
+    // Whole log: stdout to stdout, stderr to stderr; --tail 1 keeps only the last line.
+    let (out, err) = c.cli_ok(&["logs", "talk"]);
+    assert_eq!(out, "one\ntwo\n");
+    assert_eq!(err, "oops\n");
+    let (out, err) = c.cli_ok(&["logs", "--tail", "1", "talk"]);
+    assert_eq!((out.as_str(), err.as_str()), ("two\n", ""));
+    let (out, _) = c.cli_ok(&["logs", "--timestamps", "--tail", "1", "talk"]);
+    assert!(out.ends_with("Z two\n"), "{out:?}");
+
+    // Exec: the command's output and exit code become ours.
+    let (out, _) = c.cli_ok(&["exec", "talk", "--", "/app/gantry-workload", "echo", "hi"]);
+    assert_eq!(out, "hi\n");
+    let st = c.cli(&["exec", "talk", "--", "/app/gantry-workload", "exit", "3"]);
+    assert_eq!(st.status.code(), Some(3));
+    let st = c.cli(&["exec", "talk", "--", "/no/such/program"]);
+    assert_eq!(st.status.code(), Some(127));
+
+    // Follow: a line written after `logs -f` started reaches it, and the follow ends when
+    // the container exits.
+    let mut follow = c
+        .cli_command(&["logs", "-f", "talk"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry logs -f");
+    let stdout = follow.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_line = |want: &str, seen: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !seen.iter().any(|l| l == want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("logs -f never printed {want:?}; got {seen:?}"),
+            }
+        }
+    };
+    wait_line("two", &mut seen);
+    c.cli_ok(&["exec", "talk", "--", "mkdir", "-p", "/tmp/go"]);
+    wait_line("after", &mut seen);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = follow.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = follow.kill();
+            panic!("logs -f did not end when the container exited");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    assert_eq!(seen, ["one", "two", "after"]);
+
+    // Exec into an exited replica is refused with the reason.
+    c.wait_status("talk", "Succeeded", 30, |s| {
+        s.phase == gantry_api::model::Phase::Succeeded
+    });
+    let st = c.cli(&["exec", "talk", "--", "/app/gantry-workload", "echo", "hi"]);
+    assert_eq!(st.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("replica talk is not running"), "{err}");
+
+    // A replica that does not exist: one line, exit 1, for logs and exec alike.
+    let st = c.cli(&["exec", "nope", "--", "true"]);
+    assert_eq!(st.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&st.stderr),
+        "gantry: replica \"nope\" not found\n"
+    );
+    let st = c.cli(&["logs", "nope"]);
+    assert_eq!(st.status.code(), Some(1));
+}
+
+#[test]
+fn previous_logs_show_the_container_before_the_restart() {
+    let c = Cluster::new(true);
+
+    // Each container prints a unique stamp (the time in nanoseconds) and stays up.
+    c.create_replica("stamp", shell("/app/gantry-workload now; exec sleep 1000"));
+    let s = c.wait_status("stamp", "running", 30, |s| s.ready);
+    let first_id = s.container_id.unwrap();
+    let mut first = String::new();
+    wait_for("the first stamp", Duration::from_secs(30), || {
+        first = c.cli_ok(&["logs", "stamp"]).0;
+        !first.is_empty()
+    });
+
+    // No restart yet: there is no previous container.
+    let st = c.cli(&["logs", "--previous", "stamp"]);
+    assert_eq!(st.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("no previous container"));
+
+    // Killed and restarted: the current log is the new container's, --previous the old one's.
+    let pid = inspect(&c.root, &first_id)["state"]["pid"]
+        .as_i64()
+        .unwrap();
+    kill_pid(pid);
+    c.wait_status("stamp", "restarted", 30, |s| {
+        s.restart_count == 1 && s.ready && s.container_id.as_deref() != Some(first_id.as_str())
+    });
+    let mut second = String::new();
+    wait_for("the second stamp", Duration::from_secs(30), || {
+        second = c.cli_ok(&["logs", "stamp"]).0;
+        !second.is_empty()
+    });
+    assert_ne!(second, first);
+    assert_eq!(c.cli_ok(&["logs", "--previous", "stamp"]).0, first);
+}
+
+#[test]
+fn logs_of_an_unreachable_agent_name_the_node_and_address() {
+    let mut c = Cluster::new(true);
+    c.create_replica("lone", serve());
+    c.wait_status("lone", "running", 30, |s| s.ready);
+
+    // The agent is gone (its containers stay): the CLI says which node and address failed.
+    Cluster::kill(&mut c.agent);
+    let st = c.cli(&["logs", "lone"]);
+    assert_eq!(st.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains("cannot reach the agent of node \"n1\" at 127.0.0.1:"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

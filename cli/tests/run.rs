@@ -1,5 +1,5 @@
-//! `gantry run|ps|logs|stop|rm` against the real kernel: namespaces, overlayfs, cgroups and
-//! the shim, with the project's own sample image. Run as root.
+//! `gantry run|ps|stop|rm` and `gantry container logs` against the real kernel: namespaces,
+//! overlayfs, cgroups and the shim, with the project's own sample image. Run as root.
 
 mod common;
 
@@ -202,7 +202,8 @@ fn detached_container_is_listed_logged_stopped_and_removed() {
     assert_eq!(id.len(), 64, "run -d prints the full id: {id}");
     assert!(root.ok(&["ps"]).contains("web"));
     wait_for("the server to log", Duration::from_secs(10), || {
-        root.ok(&["logs", "web"]).contains("listening on")
+        root.ok(&["container", "logs", "web"])
+            .contains("listening on")
     });
     let out = root.gantry(&["run", "-d", "--name", "web", IMAGE, "/bin/true"]);
     assert_eq!(out.status.code(), Some(125), "names are unique");
@@ -254,8 +255,8 @@ fn shim_outlives_the_starter_and_keeps_the_exit_status() {
     let info = inspect(&root, id);
     let shim_pid = info["state"]["shim_pid"].as_i64().unwrap();
     assert!(std::path::Path::new(&format!("/proc/{shim_pid}")).exists());
-    root.ok(&["logs", "-f", id]);
-    let out = root.ok(&["logs", id]);
+    root.ok(&["container", "logs", "-f", id]);
+    let out = root.ok(&["container", "logs", id]);
     assert_eq!(out, "done\n");
     let info = inspect(&root, id);
     assert_eq!(info["state"]["exit_code"], 3);
@@ -370,8 +371,11 @@ fn logs_tail_prints_only_the_last_lines() {
         "-c",
         "for i in 1 2 3 4 5; do echo line$i; done",
     ]);
-    assert_eq!(root.ok(&["logs", "--tail", "2", "count"]), "line4\nline5\n");
-    let stamped = root.ok(&["logs", "-t", "--tail", "1", "count"]);
+    assert_eq!(
+        root.ok(&["container", "logs", "--tail", "2", "count"]),
+        "line4\nline5\n"
+    );
+    let stamped = root.ok(&["container", "logs", "-t", "--tail", "1", "count"]);
     assert!(
         stamped.ends_with("Z line5\n") && stamped.starts_with("20"),
         "{stamped}"

@@ -13,10 +13,12 @@
 //! - [`status`]: batched, compare-and-swap status write-back.
 //! - [`recorder`]: folded Event objects.
 //! - [`server`]: the agent's gRPC service (logs, exec).
+//! - [`client`]: [`client::AgentClient`], the caller's side of that service.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod backoff;
+pub mod client;
 pub mod config;
 mod error;
 pub mod node;

@@ -1,4 +1,5 @@
-//! `gantry run|ps|logs|stop|rm|inspect`: containers on this host, as Docker users know them.
+//! `gantry run|ps|stop|rm|inspect` and `gantry container run|ps|logs|stop|rm|inspect`:
+//! containers on this host, as Docker users know them.
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -9,57 +10,106 @@ use gantry_runtime::root::RuntimeRoot;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
-/// Container subcommands, flattened into the top level as Docker has them.
+/// `gantry container …`: every local container subcommand, `logs` included.
 #[derive(Subcommand, Debug)]
 pub enum ContainerCommand {
     /// Run a command in a new container.
     Run(Box<RunArgs>),
     /// List containers.
-    Ps {
-        /// Show all containers, not only running ones.
-        #[arg(short, long)]
-        all: bool,
-        /// Print only ids.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Ps(PsArgs),
     /// Print a container's output.
-    Logs {
-        /// Keep printing new output until the container exits.
-        #[arg(short, long)]
-        follow: bool,
-        /// Only the last N lines.
-        #[arg(long, value_name = "N")]
-        tail: Option<usize>,
-        /// Prefix each line with its RFC 3339 timestamp.
-        #[arg(short, long)]
-        timestamps: bool,
-        /// Container id, id prefix or name.
-        container: String,
-    },
+    Logs(LogsArgs),
     /// Stop running containers: SIGTERM, then SIGKILL after the grace period.
-    Stop {
-        /// Seconds to wait before killing.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
-        time: u64,
-        /// Container ids, id prefixes or names.
-        #[arg(required = true)]
-        containers: Vec<String>,
-    },
+    Stop(StopArgs),
     /// Remove containers.
-    Rm {
-        /// Kill and remove running containers.
-        #[arg(short, long)]
-        force: bool,
-        /// Container ids, id prefixes or names.
-        #[arg(required = true)]
-        containers: Vec<String>,
-    },
+    Rm(RmArgs),
     /// Print a container's spec and state as JSON.
-    Inspect {
-        /// Container id, id prefix or name.
-        container: String,
-    },
+    Inspect(InspectArgs),
+}
+
+/// The local container subcommands flattened into the top level as Docker has them; `logs`
+/// is not among them (the top-level `gantry logs` reads a replica's log; local containers'
+/// is `gantry container logs`).
+#[derive(Subcommand, Debug)]
+pub enum TopLevelContainerCommand {
+    /// Run a command in a new container.
+    Run(Box<RunArgs>),
+    /// List containers.
+    Ps(PsArgs),
+    /// Stop running containers: SIGTERM, then SIGKILL after the grace period.
+    Stop(StopArgs),
+    /// Remove containers.
+    Rm(RmArgs),
+    /// Print a container's spec and state as JSON.
+    Inspect(InspectArgs),
+}
+
+impl From<TopLevelContainerCommand> for ContainerCommand {
+    fn from(c: TopLevelContainerCommand) -> Self {
+        match c {
+            TopLevelContainerCommand::Run(a) => ContainerCommand::Run(a),
+            TopLevelContainerCommand::Ps(a) => ContainerCommand::Ps(a),
+            TopLevelContainerCommand::Stop(a) => ContainerCommand::Stop(a),
+            TopLevelContainerCommand::Rm(a) => ContainerCommand::Rm(a),
+            TopLevelContainerCommand::Inspect(a) => ContainerCommand::Inspect(a),
+        }
+    }
+}
+
+/// `gantry ps` options.
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show all containers, not only running ones.
+    #[arg(short, long)]
+    all: bool,
+    /// Print only ids.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// `gantry container logs` options.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Keep printing new output until the container exits.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    tail: Option<usize>,
+    /// Prefix each line with its RFC 3339 timestamp.
+    #[arg(short, long)]
+    timestamps: bool,
+    /// Container id, id prefix or name.
+    container: String,
+}
+
+/// `gantry stop` options.
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Seconds to wait before killing.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u64,
+    /// Container ids, id prefixes or names.
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `gantry rm` options.
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Kill and remove running containers.
+    #[arg(short, long)]
+    force: bool,
+    /// Container ids, id prefixes or names.
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `gantry inspect` options.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Container id, id prefix or name.
+    container: String,
 }
 
 /// `gantry run` options.
@@ -123,24 +173,24 @@ pub struct RunArgs {
 }
 
 /// Runs a container subcommand; returns the process exit code.
-pub fn run(root: &RuntimeRoot, cmd: ContainerCommand) -> anyhow::Result<i32> {
+pub fn run(root: &RuntimeRoot, cmd: impl Into<ContainerCommand>) -> anyhow::Result<i32> {
     let rt = Runtime::new(root.clone());
-    match cmd {
+    match cmd.into() {
         ContainerCommand::Run(args) => run_container(&rt, *args),
-        ContainerCommand::Ps { all, quiet } => {
+        ContainerCommand::Ps(PsArgs { all, quiet }) => {
             ps(&rt, all, quiet)?;
             Ok(0)
         }
-        ContainerCommand::Logs {
+        ContainerCommand::Logs(LogsArgs {
             follow,
             tail,
             timestamps,
             container,
-        } => {
+        }) => {
             print_logs(&rt, &container, follow, tail, timestamps)?;
             Ok(0)
         }
-        ContainerCommand::Stop { time, containers } => {
+        ContainerCommand::Stop(StopArgs { time, containers }) => {
             let mut failed = false;
             for c in containers {
                 match rt.stop(&c, Duration::from_secs(time)) {
@@ -153,7 +203,7 @@ pub fn run(root: &RuntimeRoot, cmd: ContainerCommand) -> anyhow::Result<i32> {
             }
             Ok(i32::from(failed))
         }
-        ContainerCommand::Rm { force, containers } => {
+        ContainerCommand::Rm(RmArgs { force, containers }) => {
             let mut failed = false;
             for c in containers {
                 match rt.remove(&c, force) {
@@ -166,7 +216,7 @@ pub fn run(root: &RuntimeRoot, cmd: ContainerCommand) -> anyhow::Result<i32> {
             }
             Ok(i32::from(failed))
         }
-        ContainerCommand::Inspect { container } => {
+        ContainerCommand::Inspect(InspectArgs { container }) => {
             let info = rt.inspect(&container)?;
             let json = serde_json::json!({
                 "id": info.spec.id,
