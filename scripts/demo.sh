@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
-# The README's main job: builds gantry and the sample image, imports the image into a demo
-# runtime root, and runs a container from it. Must run as root.
+# The README's main job, on a fresh Debian machine as root: builds gantry and the sample image,
+# brings up a local cluster (3 servers + 3 agents, each in its own network namespace), applies
+# the example manifests in manifests/, and shows the running replicas. The cluster keeps
+# running afterwards; `target/release/gantry cluster down --purge` removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 cargo build --release --locked -p gantry
 ./scripts/sample-image.sh target/sample-image >/dev/null
-export GANTRY_ROOT="${GANTRY_ROOT:-$PWD/target/demo-root}"
-gantry=target/release/gantry
+gantry="$PWD/target/release/gantry"
+
+# A demo cluster left by an earlier run is replaced.
+"$gantry" cluster down --purge --name demo >/dev/null 2>&1 || true
 set -x
-$gantry image import target/sample-image/gantry-sample.oci.tar
-$gantry image ls
-$gantry run --rm --hostname demo --memory 64Mi --cpus 0.5 -e GREETING=hello gantry/sample:latest /app/gantry-workload info
-$gantry run -d --name demo-web gantry/sample:latest /app/gantry-workload serve --port 8080
-$gantry ps
-sleep 1
-$gantry container logs demo-web
-$gantry stop demo-web
-$gantry rm demo-web
+"$gantry" cluster up --name demo --servers 3 --agents 3 \
+    --image target/sample-image/gantry-sample.oci.tar
+"$gantry" get members
+"$gantry" get nodes
+# The services meant to run become ready; the crasher crash-loops on purpose.
+"$gantry" apply -f manifests/web.yaml -f manifests/worker.yaml -f manifests/limited.yaml \
+    --wait --timeout 60s
+"$gantry" apply -f manifests/
+"$gantry" scale service web --replicas 5 --wait
+"$gantry" get services
+"$gantry" get replicas -o wide
+replica=$("$gantry" get replicas -l gantry.io/service=web -o name | head -n1)
+"$gantry" exec "${replica#*/}" -- /app/gantry-workload info
+"$gantry" logs --tail 5 "${replica#*/}"
+"$gantry" events | tail -n 15
+set +x
+echo
+echo "The cluster keeps running: try '$gantry get replicas -w', '$gantry cluster status',"
+echo "'$gantry cluster kill n1' (its replicas move), and '$gantry cluster down --purge' to remove it."
