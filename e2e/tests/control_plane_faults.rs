@@ -213,3 +213,94 @@ fn stopping_and_starting_every_member_keeps_all_state() {
     });
     assert_eq!(after, before, "state changed across a full restart");
 }
+
+/// Runs `mount ARGS…`, failing the test when it fails.
+fn mount(args: &[&str]) {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "mount {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_member_whose_data_dir_is_read_only_fails_clearly_and_loses_nothing() {
+    let _one = serial();
+    let cluster = TestCluster::up(3, 0).expect("cluster up");
+    let rt = runtime();
+    rt.block_on(async {
+        let mut c = cluster.client().await.unwrap();
+        for i in 0..10 {
+            c.create(&service(&format!("early{i}"))).await.unwrap();
+        }
+    });
+    let s3 = cluster.server_addr("s3").unwrap();
+    cluster.member("stop", "s3").unwrap();
+    let data = cluster.dir().join("servers/s3");
+    let data_arg = data.display().to_string();
+    mount(&["--bind", &data_arg, &data_arg]);
+    mount(&["-o", "remount,bind,ro", &data_arg]);
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let ro = Unmount(data_arg.clone());
+
+    // Started on a data dir it cannot write, the member stops with a clear reason.
+    cluster.member("start", "s3").unwrap();
+    let log = cluster.dir().join("logs/s3.log");
+    let reason = rt
+        .block_on(eventually(
+            "s3 to fail on its read-only data dir",
+            Duration::from_secs(20),
+            || {
+                let log = log.clone();
+                async move {
+                    let text = std::fs::read_to_string(&log).ok()?;
+                    text.lines()
+                        .rev()
+                        .find(|l| l.starts_with("gantry:"))
+                        .map(str::to_string)
+                }
+            },
+        ))
+        .unwrap();
+    assert!(
+        reason.contains("Read-only file system") && reason.contains("s3"),
+        "unclear failure: {reason}"
+    );
+    eprintln!("s3 refused to start: {reason}");
+
+    // The majority keeps serving meanwhile.
+    rt.block_on(async {
+        let mut c = cluster.client().await.unwrap();
+        for i in 0..10 {
+            c.create(&service(&format!("late{i}"))).await.unwrap();
+        }
+    });
+
+    // Writable again, the member starts and catches up with every acknowledged write.
+    drop(ro);
+    cluster.member("start", "s3").unwrap();
+    let names = rt
+        .block_on(eventually(
+            "s3 to serve all 20 services",
+            Duration::from_secs(20),
+            || {
+                let s3 = s3.clone();
+                async move {
+                    let mut c = Client::connect(&[s3]).await.ok()?;
+                    let (items, _) = c.list(Kind::Service).await.ok()?;
+                    (items.len() == 20).then_some(items)
+                }
+            },
+        ))
+        .unwrap();
+    assert_eq!(names.len(), 20);
+}
