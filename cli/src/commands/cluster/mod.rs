@@ -542,11 +542,19 @@ fn remove_containers(root: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let rt = gantry_runtime::container::Runtime::new(gantry_runtime::root::RuntimeRoot::new(root));
-    for info in rt.list()? {
-        let id = info.spec.id.clone();
-        if info.supervised {
-            let _ = rt.stop(&id, Duration::from_secs(2));
+    let containers = rt.list()?;
+    // Stopped all at once: each may take its whole grace period (PID 1 ignores SIGTERM unless
+    // it handles it), and a node may hold many.
+    std::thread::scope(|scope| {
+        for info in containers.iter().filter(|i| i.supervised) {
+            let rt = &rt;
+            scope.spawn(move || {
+                let _ = rt.stop(&info.spec.id, Duration::from_secs(2));
+            });
         }
+    });
+    for info in containers {
+        let id = info.spec.id;
         rt.remove(&id, true)
             .with_context(|| format!("container {id}"))?;
     }
