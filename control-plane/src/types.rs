@@ -82,6 +82,15 @@ pub enum Request {
         /// The resource version the writer read, if conditional.
         expected: Option<u64>,
     },
+    /// Several writes in one log entry, applied atomically and in order. Each is checked on
+    /// its own (a failed compare-and-swap fails only that item, answered in
+    /// [`Response::Batch`] at the same position) and gets its own revision; a later item sees
+    /// the writes of earlier ones. Batches do not nest: a nested batch is answered
+    /// [`Response::Invalid`].
+    ///
+    /// Added after the first release: entries written before it still decode, since serde
+    /// names each variant and the others are unchanged.
+    Batch(Vec<Request>),
 }
 
 /// The result of applying one log entry.
@@ -114,4 +123,6 @@ pub enum Response {
         /// Why.
         message: String,
     },
+    /// The results of a [`Request::Batch`], one per item, in order.
+    Batch(Vec<Response>),
 }

@@ -39,8 +39,10 @@ pub struct AgentConfig {
     pub backoff_base: Duration,
     /// The longest restart back-off.
     pub backoff_max: Duration,
-    /// Container starts and stops running at once, at most.
+    /// Container starts running at once, at most.
     pub max_parallel_ops: usize,
+    /// Container stops running at once, at most (they mostly wait out the grace period).
+    pub max_parallel_stops: usize,
     /// Grace period between SIGTERM and SIGKILL when stopping a container.
     pub stop_grace: Duration,
 }
@@ -66,6 +68,7 @@ impl AgentConfig {
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             max_parallel_ops: 4,
+            max_parallel_stops: 64,
             stop_grace: Duration::from_secs(10),
         }
     }

@@ -66,6 +66,13 @@ struct Tracked {
 }
 
 /// The outcome of an operation, reported back to the loop.
+/// Which pool an operation draws its permit from.
+#[derive(Debug, Clone, Copy)]
+enum OpKind {
+    Start,
+    Stop,
+}
+
 #[derive(Debug)]
 enum OpResult {
     Started {
@@ -97,6 +104,7 @@ pub struct Reconciler {
     tracked: HashMap<String, Tracked>,
     in_flight: BTreeSet<String>,
     ops: Arc<Semaphore>,
+    stops: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<(String, OpResult)>,
     done_rx: mpsc::UnboundedReceiver<(String, OpResult)>,
 }
@@ -113,6 +121,7 @@ impl Reconciler {
     ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let ops = Arc::new(Semaphore::new(config.max_parallel_ops.max(1)));
+        let stops = Arc::new(Semaphore::new(config.max_parallel_stops.max(1)));
         Reconciler {
             config,
             runtime,
@@ -123,6 +132,7 @@ impl Reconciler {
             tracked: HashMap::new(),
             in_flight: BTreeSet::new(),
             ops,
+            stops,
             done_tx,
             done_rx,
         }
@@ -198,15 +208,21 @@ impl Reconciler {
         }
     }
 
-    /// Runs `work` off the loop for replica `name`, holding a concurrency permit.
-    fn spawn_op<F>(&mut self, name: &str, work: F)
+    /// Runs `work` off the loop for replica `name`, holding a concurrency permit. Stops have
+    /// their own, larger pool: they mostly wait out a grace period, and must not hold starts
+    /// back.
+    fn spawn_op<F>(&mut self, name: &str, kind: OpKind, work: F)
     where
         F: FnOnce(&Runtime) -> OpResult + Send + 'static,
     {
         self.in_flight.insert(name.to_string());
+        let pool = match kind {
+            OpKind::Start => &self.ops,
+            OpKind::Stop => &self.stops,
+        };
         let (rt, ops, tx, wake, name) = (
             self.runtime.clone(),
-            self.ops.clone(),
+            pool.clone(),
             self.done_tx.clone(),
             self.wake.clone(),
             name.to_string(),
@@ -265,7 +281,7 @@ impl Reconciler {
                 tracing::info!(replica = %name, containers = ids.len(), "replica gone from this node; removing its containers");
                 self.tracked.remove(name);
                 let grace = self.config.stop_grace;
-                self.spawn_op(name, move |rt| remove_all(rt, &ids, grace));
+                self.spawn_op(name, OpKind::Stop, move |rt| remove_all(rt, &ids, grace));
             }
             self.tracked
                 .retain(|name, _| desired.contains_key(name) || actual.contains_key(name));
@@ -328,7 +344,7 @@ impl Reconciler {
         if !extra.is_empty() || previous_running.is_some() {
             let ids: Vec<String> = extra.into_iter().chain(previous_running).collect();
             let grace = config.stop_grace;
-            self.spawn_op(name, move |rt| remove_all(rt, &ids, grace));
+            self.spawn_op(name, OpKind::Stop, move |rt| remove_all(rt, &ids, grace));
             return None;
         }
 
@@ -357,7 +373,7 @@ impl Reconciler {
                 status.reason = Some(reason.clone());
                 status.message = Some(message.clone());
             }
-            self.spawn_op(name, move |rt| {
+            self.spawn_op(name, OpKind::Start, move |rt| {
                 start(rt, &node, &replica, &template, &hash, restart)
             });
             return Some(status);
@@ -381,7 +397,7 @@ impl Reconciler {
             t.probes = None;
             let grace = config.stop_grace;
             let ids = vec![cur_id];
-            self.spawn_op(name, move |rt| remove_all(rt, &ids, grace));
+            self.spawn_op(name, OpKind::Stop, move |rt| remove_all(rt, &ids, grace));
             return None;
         }
 
@@ -423,7 +439,7 @@ impl Reconciler {
                     tracing::info!(replica = %name, container = %cur_id, reason = %why, "killing unhealthy container");
                     let grace = config.stop_grace;
                     let id = cur_id.clone();
-                    self.spawn_op(name, move |rt| match rt.stop(&id, grace) {
+                    self.spawn_op(name, OpKind::Stop, move |rt| match rt.stop(&id, grace) {
                         Ok(_) => OpResult::Done,
                         Err(e) => OpResult::Failed {
                             message: format!("stop {id}: {e}"),
@@ -488,7 +504,7 @@ impl Reconciler {
                 let template = spec.template.clone();
                 let (node, replica) = (config.name.clone(), name.to_string());
                 tracing::info!(replica = %name, restart_count = next, "restarting container");
-                self.spawn_op(name, move |rt| {
+                self.spawn_op(name, OpKind::Start, move |rt| {
                     start(rt, &node, &replica, &template, &hash, next)
                 });
             }

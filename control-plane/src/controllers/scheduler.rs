@@ -10,6 +10,11 @@
 //! replica that fits nowhere keeps `status.phase` Pending and gets `status.reason`
 //! `Unschedulable` with a message naming why each node failed, rewritten (and one
 //! `FailedScheduling` event recorded) only when the message changes.
+//!
+//! The binds of one pass go through Raft as batches ([`Writer::update_many`]) of at most
+//! [`BIND_BATCH`] replicas, [`BINDS_IN_FLIGHT`] batches at once (the writer splits each into
+//! log entries of at most [`super::writer::MAX_BATCH_BYTES`]): one log entry and fsync per
+//! few dozen binds instead of per bind. Each bind stays its own compare-and-swap.
 
 use super::events::EventRecorder;
 use super::informer::{Changes, Informer};
@@ -25,6 +30,12 @@ use tokio_util::sync::CancellationToken;
 
 /// The reason set on replicas that fit nowhere.
 pub const REASON_UNSCHEDULABLE: &str = "Unschedulable";
+
+/// Binds proposed in one Raft entry at most.
+pub const BIND_BATCH: usize = 256;
+
+/// Bind batches in flight at most (fewer if the write concurrency is lower).
+pub const BINDS_IN_FLIGHT: usize = 4;
 
 /// What the scheduler knows of a node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -342,9 +353,13 @@ impl Pass for SchedulerPass {
     }
 }
 
-enum Action {
-    Bind(Object, String, Demand),
-    Unschedulable(Object, String),
+/// A replica to mark unschedulable, with the message.
+struct Unplaced(Object, String);
+
+/// How many replicas go in each bind batch: the binds spread over the batches in flight,
+/// `BIND_BATCH` at most each.
+fn bind_batch_size(binds: usize, in_flight: usize) -> usize {
+    binds.div_ceil(in_flight.max(1)).clamp(1, BIND_BATCH)
 }
 
 /// One scheduling pass over every unbound replica; answers whether it should run again soon
@@ -380,7 +395,8 @@ async fn pass(
         (&a.0.metadata.creation_timestamp, &a.0.metadata.name)
             .cmp(&(&b.0.metadata.creation_timestamp, &b.0.metadata.name))
     });
-    let mut actions = Vec::new();
+    let mut binds = Vec::new();
+    let mut unplaced = Vec::new();
     for (obj, mut spec, status) in pending {
         let demand = Demand::of(&spec);
         match sched.schedule(&demand) {
@@ -394,60 +410,71 @@ async fn pass(
                     status.message = None;
                     obj.set_status(&status);
                 }
-                actions.push(Action::Bind(obj, node, demand));
+                binds.push((obj, node));
             }
             Err(why) => {
                 let message = why.to_string();
                 if status.reason.as_deref() != Some(REASON_UNSCHEDULABLE)
                     || status.message.as_deref() != Some(message.as_str())
                 {
-                    actions.push(Action::Unschedulable(obj.clone(), message));
+                    unplaced.push(Unplaced(obj.clone(), message));
                 }
             }
         }
     }
-    let results: Vec<bool> = futures::stream::iter(actions)
-        .map(|action| async move {
-            match action {
-                Action::Bind(obj, node, _demand) => {
-                    let out = writer.update(&obj).await;
-                    match &out {
-                        Outcome::Written(_) => {
-                            tracing::debug!(replica = %obj.metadata.name, %node, "bound");
-                            true
-                        }
-                        other => {
-                            tracing::debug!(replica = %obj.metadata.name, outcome = ?other,
-                                "bind failed");
-                            false
-                        }
+    let in_flight = cfg.write_concurrency.clamp(1, BINDS_IN_FLIGHT);
+    let size = bind_batch_size(binds.len(), in_flight);
+    let mut batches: Vec<Vec<(Object, String)>> = Vec::new();
+    let mut binds = binds.into_iter().peekable();
+    while binds.peek().is_some() {
+        batches.push(binds.by_ref().take(size).collect());
+    }
+    let bound: Vec<bool> = futures::stream::iter(batches)
+        .map(|batch| async move {
+            let (objs, nodes): (Vec<Object>, Vec<String>) = batch.into_iter().unzip();
+            let outcomes = writer.update_many(&objs).await;
+            let mut all = outcomes.len() == objs.len();
+            for ((obj, node), out) in objs.iter().zip(&nodes).zip(&outcomes) {
+                match out {
+                    Outcome::Written(_) => {
+                        tracing::debug!(replica = %obj.metadata.name, %node, "bound");
+                    }
+                    other => {
+                        tracing::debug!(replica = %obj.metadata.name, %node, outcome = ?other,
+                            "bind failed");
+                        all = false;
                     }
                 }
-                Action::Unschedulable(mut obj, message) => {
-                    let mut status: ReplicaStatus = obj.status_as().unwrap_or_default();
-                    status.reason = Some(REASON_UNSCHEDULABLE.to_string());
-                    status.message = Some(message.clone());
-                    obj.set_status(&status);
-                    if writer.update(&obj).await.is_written() {
-                        tracing::info!(replica = %obj.metadata.name, %message, "unschedulable");
-                        let involved = ObjectRef {
-                            kind: Kind::Replica.to_string(),
-                            name: obj.metadata.name.clone(),
-                        };
-                        events
-                            .record(involved, EventType::Warning, "FailedScheduling", &message)
-                            .await;
-                        true
-                    } else {
-                        false
-                    }
-                }
+            }
+            all
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let marked: Vec<bool> = futures::stream::iter(unplaced)
+        .map(|Unplaced(mut obj, message)| async move {
+            let mut status: ReplicaStatus = obj.status_as().unwrap_or_default();
+            status.reason = Some(REASON_UNSCHEDULABLE.to_string());
+            status.message = Some(message.clone());
+            obj.set_status(&status);
+            if writer.update(&obj).await.is_written() {
+                tracing::info!(replica = %obj.metadata.name, %message, "unschedulable");
+                let involved = ObjectRef {
+                    kind: Kind::Replica.to_string(),
+                    name: obj.metadata.name.clone(),
+                };
+                events
+                    .record(involved, EventType::Warning, "FailedScheduling", &message)
+                    .await;
+                true
+            } else {
+                false
             }
         })
         .buffer_unordered(cfg.write_concurrency.max(1))
         .collect()
         .await;
-    results.iter().any(|ok| !ok)
+    bound.iter().chain(&marked).any(|ok| !ok)
 }
 
 #[cfg(test)]
@@ -472,6 +499,15 @@ mod tests {
             memory: mem,
             ..Demand::default()
         }
+    }
+
+    #[test]
+    fn binds_spread_over_the_batches_in_flight_up_to_the_batch_limit() {
+        assert_eq!(bind_batch_size(0, 4), 1);
+        assert_eq!(bind_batch_size(100, 4), 25);
+        assert_eq!(bind_batch_size(101, 4), 26);
+        assert_eq!(bind_batch_size(10_000, 4), BIND_BATCH);
+        assert_eq!(bind_batch_size(10, 0), 10);
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //!   stay ready (not-ready old ones go first, at once).
 //! - Replicas whose service does not exist are deleted.
 //! - The status is written only when it changed. All writes are compare-and-swap.
+//! - Creates and deletes of a pass go through Raft as batches ([`Writer::create_many`],
+//!   [`Writer::delete_many`]) of at most [`WRITE_BATCH`], [`BATCHES_IN_FLIGHT`] at once, so
+//!   scaling 0→100 costs a few log entries, not a hundred; each write is still checked alone.
 
 use super::events::EventRecorder;
 use super::informer::{Changes, Informer};
@@ -26,6 +29,12 @@ use gantry_api::model::{
 use gantry_api::objects::{Kind, Object};
 use std::collections::{BTreeMap, BTreeSet};
 use tokio_util::sync::CancellationToken;
+
+/// Creates or deletes proposed in one Raft entry at most.
+pub const WRITE_BATCH: usize = 256;
+
+/// Create or delete batches in flight at most (fewer if the write concurrency is lower).
+pub const BATCHES_IN_FLIGHT: usize = 4;
 
 /// A stable hash of a template: the first 10 hex digits of FNV-1a 64 over its JSON.
 pub fn template_hash(template: &ContainerTemplate) -> String {
@@ -274,26 +283,44 @@ impl Pass for ServicePass {
                 self.reconcile(inf, &name, replicas, &mut actions, &mut summaries);
             }
             let writer = &self.writer;
-            let results: Vec<bool> = futures::stream::iter(actions)
-                .map(|a| async move {
-                    let out = match &a {
-                        Action::Create(o) => writer.create(o).await,
-                        Action::Delete(o) => writer.delete(o).await,
-                        Action::Status(o) => writer.update(o).await,
+            let (mut creates, mut deletes, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
+            for a in actions {
+                match a {
+                    Action::Create(o) => creates.push(o),
+                    Action::Delete(o) => deletes.push(o),
+                    Action::Status(o) => statuses.push(o),
+                }
+            }
+            let in_flight = self.cfg.write_concurrency.clamp(1, BATCHES_IN_FLIGHT);
+            let mut batches: Vec<(bool, Vec<Object>)> = Vec::new();
+            for (delete, objs) in [(false, creates), (true, deletes)] {
+                let size = objs.len().div_ceil(in_flight).clamp(1, WRITE_BATCH);
+                let mut objs = objs.into_iter().peekable();
+                while objs.peek().is_some() {
+                    batches.push((delete, objs.by_ref().take(size).collect()));
+                }
+            }
+            let batched = futures::stream::iter(batches)
+                .map(|(delete, objs)| async move {
+                    let outcomes = if delete {
+                        writer.delete_many(&objs).await
+                    } else {
+                        writer.create_many(&objs).await
                     };
-                    match out {
-                        Outcome::Written(_) => true,
-                        // Already gone: what the delete wanted.
-                        Outcome::NotFound => matches!(a, Action::Delete(_)),
-                        other => {
-                            tracing::debug!(outcome = ?other, "service controller write failed");
-                            false
-                        }
+                    let mut all = outcomes.len() == objs.len();
+                    for out in outcomes {
+                        all &= written(out, delete);
                     }
+                    all
                 })
+                .buffer_unordered(in_flight)
+                .collect::<Vec<bool>>();
+            let single = futures::stream::iter(statuses)
+                .map(|o| async move { written(writer.update(&o).await, false) })
                 .buffer_unordered(self.cfg.write_concurrency.max(1))
-                .collect()
-                .await;
+                .collect::<Vec<bool>>();
+            let (batched, single) = futures::join!(batched, single);
+            let results: Vec<bool> = batched.into_iter().chain(single).collect();
             for (service, reason, message) in summaries {
                 let involved = ObjectRef {
                     kind: Kind::Service.to_string(),
@@ -305,6 +332,19 @@ impl Pass for ServicePass {
             }
             results.iter().any(|ok| !ok)
         })
+    }
+}
+
+/// Whether a write did what the controller wanted; logs when not.
+fn written(out: Outcome, delete: bool) -> bool {
+    match out {
+        Outcome::Written(_) => true,
+        // Already gone: what the delete wanted.
+        Outcome::NotFound if delete => true,
+        other => {
+            tracing::debug!(outcome = ?other, "service controller write failed");
+            false
+        }
     }
 }
 

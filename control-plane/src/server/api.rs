@@ -278,6 +278,8 @@ impl ObjectApi {
             }),
             Response::Invalid { message } => Err(ApiError::Invalid(message)),
             Response::None => Err(ApiError::Raft("unexpected empty response".into())),
+            // The API proposes single writes only; batches come from the controllers.
+            Response::Batch(_) => Err(ApiError::Raft("unexpected batch response".into())),
         }
     }
 

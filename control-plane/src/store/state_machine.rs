@@ -6,11 +6,19 @@
 //! - `o/<kind>/<name>` → a [`StoredObject`] (JSON),
 //! - `h/<revision BE>` → a [`Change`] (the watch history, bounded),
 //! - `m/applied`, `m/membership`, `m/compacted` → openraft's applied state and the oldest
-//!   revision watch can resume from.
+//!   revision watch can resume from,
+//! - `m/revision` → the store's revision: the revision of its last write, or the last applied
+//!   log index if that is greater.
 //!
-//! Each log entry is applied together with `m/applied` in one atomic batch. A snapshot install
+//! Each log entry is applied together with `m/applied` and `m/revision` in one atomic batch,
+//! a [`Request::Batch`] included: all its items or none are in the tree. A snapshot install
 //! fills the other tree, flushes, then flips `current`, so a crash leaves either the old or the
 //! new state, never a mix.
+//!
+//! Revisions: each write gets `max(previous revision + 1, log index)`, so an entry holding one
+//! write is versioned at its log index (as before batches existed, and data written then has
+//! no `m/revision`: its revision is `m/applied`), and the items of a batch get consecutive
+//! revisions in order. Every member computes the same revisions from the same log.
 
 use super::{decode, encode, read_err, write_err, KvBackend, StoreError, WriteBatch};
 use crate::types::{MemberNode, NodeId, Request, Response, StoredObject, TypeConfig};
@@ -20,6 +28,7 @@ use openraft::{
     StoredMembership,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -35,6 +44,7 @@ const SNAP_DATA: &[u8] = b"data";
 const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
 const COMPACTED: &[u8] = b"m/compacted";
+const REVISION: &[u8] = b"m/revision";
 
 /// How many changes the watch history keeps by default.
 pub const DEFAULT_HISTORY: u64 = 10_000;
@@ -83,16 +93,23 @@ fn history_key(rev: u64) -> Vec<u8> {
     k
 }
 
-/// The snapshot payload: every object of the store.
+/// The snapshot payload: every object of the store and its revision.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     objects: Vec<StoredObject>,
+    /// Absent in snapshots taken before batches existed; the snapshot's last log index then.
+    #[serde(default)]
+    revision: Option<u64>,
 }
+
+/// Object writes of the entry being applied that are not in the tree yet: a later item of a
+/// batch reads them (`None`: deleted).
+type Staged = HashMap<Vec<u8>, Option<StoredObject>>;
 
 struct Inner {
     kv: Arc<dyn KvBackend>,
     current: RwLock<&'static str>,
-    applied: AtomicU64,
+    revision: AtomicU64,
     compacted: AtomicU64,
     history: u64,
     events: broadcast::Sender<WatchItem>,
@@ -130,9 +147,10 @@ impl ObjectStore {
         }
     }
 
-    /// The last applied log index: the store's revision.
+    /// The store's revision: that of its last write, or the last applied log index if
+    /// greater. Watching from it misses nothing written later.
     pub fn revision(&self) -> u64 {
-        self.inner.applied.load(Ordering::Acquire)
+        self.inner.revision.load(Ordering::Acquire)
     }
 
     /// The oldest revision a watch can start from.
@@ -231,13 +249,19 @@ impl StateMachine {
             Some(v) => decode(COMPACTED, &v)?,
             None => 0,
         };
+        let applied = applied.map(|l| l.index).unwrap_or(0);
+        let revision: u64 = match kv.get(current, REVISION)? {
+            Some(v) => decode(REVISION, &v)?,
+            // Written before batches: revisions were log indexes.
+            None => applied,
+        };
         let (events, _) = broadcast::channel(ring.max(1));
         Ok(StateMachine {
             store: ObjectStore {
                 inner: Arc::new(Inner {
                     kv,
                     current: RwLock::new(current),
-                    applied: AtomicU64::new(applied.map(|l| l.index).unwrap_or(0)),
+                    revision: AtomicU64::new(revision.max(applied)),
                     compacted: AtomicU64::new(compacted),
                     history: history.max(1),
                     events,
@@ -266,20 +290,72 @@ impl StateMachine {
         }
     }
 
-    /// Applies one request at `revision`, adding its writes to `batch`.
+    /// Applies the request of the entry at `index`, adding its writes to `batch` and
+    /// advancing `revision` past each write; answers its changes in order.
     fn apply_request(
         &self,
         req: Request,
-        revision: u64,
+        index: u64,
+        revision: &mut u64,
+        batch: &mut WriteBatch,
+    ) -> Result<(Response, Vec<Change>), StoreError> {
+        let mut staged = Staged::new();
+        match req {
+            Request::Batch(items) => {
+                let mut responses = Vec::with_capacity(items.len());
+                let mut changes = Vec::with_capacity(items.len());
+                for item in items {
+                    if matches!(item, Request::Batch(_)) {
+                        responses.push(Response::Invalid {
+                            message: "batch: batches do not nest".into(),
+                        });
+                        continue;
+                    }
+                    let (response, change) =
+                        self.apply_one(item, index, revision, &mut staged, batch)?;
+                    responses.push(response);
+                    changes.extend(change);
+                }
+                Ok((Response::Batch(responses), changes))
+            }
+            req => {
+                let (response, change) =
+                    self.apply_one(req, index, revision, &mut staged, batch)?;
+                Ok((response, change.into_iter().collect()))
+            }
+        }
+    }
+
+    /// Applies one write (not a batch) of the entry at `index`: checks it against the tree
+    /// and `staged`, and if it writes, versions it at `max(revision + 1, index)`, advances
+    /// `revision` and stages it.
+    fn apply_one(
+        &self,
+        req: Request,
+        index: u64,
+        revision: &mut u64,
+        staged: &mut Staged,
         batch: &mut WriteBatch,
     ) -> Result<(Response, Option<Change>), StoreError> {
         let (kind, name) = match &req {
             Request::Create { kind, name, .. }
             | Request::Update { kind, name, .. }
             | Request::Delete { kind, name, .. } => (kind.clone(), name.clone()),
+            Request::Batch(_) => {
+                return Ok((
+                    Response::Invalid {
+                        message: "batch: batches do not nest".into(),
+                    },
+                    None,
+                ))
+            }
         };
-        let current = self.store.get(&kind, &name)?;
         let key = object_key(&kind, &name);
+        let current = match staged.get(&key) {
+            Some(object) => object.clone(),
+            None => self.store.get(&kind, &name)?,
+        };
+        let next = revision.saturating_add(1).max(index);
         let (change, object) = match req {
             Request::Create { json, .. } => {
                 if let Some(cur) = current {
@@ -290,13 +366,13 @@ impl StateMachine {
                         None,
                     ));
                 }
-                match versioned(&json, revision, None) {
+                match versioned(&json, next, None) {
                     Ok(json) => (
                         ChangeType::Added,
                         StoredObject {
                             kind,
                             name,
-                            resource_version: revision,
+                            resource_version: next,
                             json,
                         },
                     ),
@@ -315,13 +391,13 @@ impl StateMachine {
                         None,
                     ));
                 }
-                match versioned(&json, revision, Some(&cur.json)) {
+                match versioned(&json, next, Some(&cur.json)) {
                     Ok(json) => (
                         ChangeType::Modified,
                         StoredObject {
                             kind,
                             name,
-                            resource_version: revision,
+                            resource_version: next,
                             json,
                         },
                     ),
@@ -340,30 +416,41 @@ impl StateMachine {
                         None,
                     ));
                 }
-                let json = versioned(&cur.json, revision, None).unwrap_or(cur.json);
+                let json = versioned(&cur.json, next, None).unwrap_or(cur.json);
                 (
                     ChangeType::Deleted,
                     StoredObject {
                         kind,
                         name,
-                        resource_version: revision,
+                        resource_version: next,
                         json,
                     },
                 )
             }
+            // Answered above.
+            Request::Batch(_) => return Ok((Response::None, None)),
         };
+        *revision = next;
         if change == ChangeType::Deleted {
-            batch.delete(key);
+            batch.delete(key.clone());
+            staged.insert(key, None);
         } else {
-            batch.put(key, encode(&object));
+            batch.put(key.clone(), encode(&object));
+            staged.insert(key, Some(object.clone()));
         }
         let change = Change {
             change,
             object: object.clone(),
-            revision,
+            revision: next,
         };
-        batch.put(history_key(revision), encode(&change));
-        Ok((Response::Written { object, revision }, Some(change)))
+        batch.put(history_key(next), encode(&change));
+        Ok((
+            Response::Written {
+                object,
+                revision: next,
+            },
+            Some(change),
+        ))
     }
 
     /// Adds the deletion of history older than the window to `batch`, if due.
@@ -420,6 +507,7 @@ fn versioned(json: &str, revision: u64, previous: Option<&str>) -> Result<String
 pub struct SnapshotBuilder {
     kv: Arc<dyn KvBackend>,
     objects: Vec<StoredObject>,
+    revision: u64,
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, MemberNode>,
     snapshot_id: String,
@@ -435,6 +523,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         }
         let body = encode(&SnapshotBody {
             objects: std::mem::take(&mut self.objects),
+            revision: Some(self.revision),
         });
         let meta = SnapshotMeta {
             last_log_id: self.applied,
@@ -481,20 +570,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
+            let mut revision = self.store.revision();
             let mut batch = WriteBatch::default();
             batch.put(APPLIED, encode(&Some(log_id)));
-            let (response, change) = match entry.payload {
-                EntryPayload::Blank => (Response::None, None),
+            let (response, changes) = match entry.payload {
+                EntryPayload::Blank => (Response::None, Vec::new()),
                 EntryPayload::Normal(req) => self
-                    .apply_request(req, log_id.index, &mut batch)
+                    .apply_request(req, log_id.index, &mut revision, &mut batch)
                     .map_err(write_err)?,
                 EntryPayload::Membership(m) => {
                     batch.put(MEMBERSHIP, encode(&StoredMembership::new(Some(log_id), m)));
-                    (Response::None, None)
+                    (Response::None, Vec::new())
                 }
             };
+            let revision = revision.max(log_id.index);
+            batch.put(REVISION, encode(&revision));
             let compacted = self
-                .compact_history(log_id.index, &mut batch)
+                .compact_history(revision, &mut batch)
                 .map_err(write_err)?;
             self.kv()
                 .apply(self.store.tree(), batch)
@@ -503,8 +595,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(c) = compacted {
                 inner.compacted.store(c, Ordering::Release);
             }
-            inner.applied.store(log_id.index, Ordering::Release);
-            if let Some(change) = change {
+            inner.revision.store(revision, Ordering::Release);
+            for change in changes {
                 // No receiver is not an error: nobody watches.
                 let _ = inner.events.send(WatchItem::Change(Arc::new(change)));
             }
@@ -525,6 +617,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             kv: self.kv().clone(),
             objects,
+            // Read in the same task as the tree, so it matches `objects` and `applied`.
+            revision: self.store.revision(),
             applied,
             membership,
             snapshot_id: format!(
@@ -557,6 +651,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let old = self.store.tree();
         let new = if old == TREE_A { TREE_B } else { TREE_A };
         let last_index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let revision = body.revision.unwrap_or(last_index).max(last_index);
         self.kv().clear(new).map_err(write_err)?;
         let mut batch = WriteBatch::default();
         for object in &body.objects {
@@ -564,7 +659,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         batch.put(APPLIED, encode(&meta.last_log_id));
         batch.put(MEMBERSHIP, encode(&meta.last_membership));
-        batch.put(COMPACTED, encode(&last_index));
+        batch.put(REVISION, encode(&revision));
+        batch.put(COMPACTED, encode(&revision));
         self.kv().apply(new, batch).map_err(write_err)?;
         let mut snap = WriteBatch::default();
         snap.put(SNAP_META, encode(meta));
@@ -581,8 +677,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(mut g) => *g = new,
             Err(poisoned) => *poisoned.into_inner() = new,
         }
-        inner.applied.store(last_index, Ordering::Release);
-        inner.compacted.store(last_index, Ordering::Release);
+        inner.revision.store(revision, Ordering::Release);
+        inner.compacted.store(revision, Ordering::Release);
         let _ = inner.events.send(WatchItem::Reset);
         self.kv().clear(old).map_err(write_err)?;
         Ok(())
@@ -741,5 +837,185 @@ mod tests {
         assert!(dst.object_store().get("Node", "x").unwrap().is_some());
         let (applied, _) = dst.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(1));
+    }
+
+    fn create(name: &str) -> Request {
+        Request::Create {
+            kind: "Node".into(),
+            name: name.into(),
+            json: node(name),
+        }
+    }
+
+    fn update(name: &str, expected: u64) -> Request {
+        Request::Update {
+            kind: "Node".into(),
+            name: name.into(),
+            expected,
+            json: node(name),
+        }
+    }
+
+    #[tokio::test]
+    async fn batch_checks_each_item_alone_and_versions_them_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path(), 100);
+        let store = sm.object_store();
+        sm.apply([entry(1, create("a")), entry(2, create("b"))])
+            .await
+            .unwrap();
+        let (_, mut live) = store.watch(store.revision()).unwrap();
+
+        // One entry: a good CAS, a stale one, a create of an existing object, a create, an
+        // update of that create within the same batch, a delete and a nested batch.
+        let batch = Request::Batch(vec![
+            update("a", 1),
+            update("b", 1),
+            create("a"),
+            create("c"),
+            update("c", 4),
+            Request::Delete {
+                kind: "Node".into(),
+                name: "b".into(),
+                expected: Some(2),
+            },
+            Request::Batch(vec![create("d")]),
+        ]);
+        let r = sm.apply([entry(3, batch)]).await.unwrap();
+        let Response::Batch(items) = &r[0] else {
+            panic!("not a batch response: {r:?}");
+        };
+        let revisions: Vec<Option<u64>> = items
+            .iter()
+            .map(|i| match i {
+                Response::Written { revision, .. } => Some(*revision),
+                _ => None,
+            })
+            .collect();
+        // The first write of entry 3 is versioned at 3, the next ones follow.
+        assert_eq!(
+            revisions,
+            vec![Some(3), None, None, Some(4), Some(5), Some(6), None]
+        );
+        assert_eq!(items[1], Response::Conflict { current: 2 });
+        assert_eq!(items[2], Response::AlreadyExists { current: 3 });
+        assert!(matches!(items[6], Response::Invalid { .. }));
+        assert_eq!(store.revision(), 6);
+        assert_eq!(store.get("Node", "a").unwrap().unwrap().resource_version, 3);
+        assert_eq!(store.get("Node", "c").unwrap().unwrap().resource_version, 5);
+        assert!(store.get("Node", "b").unwrap().is_none());
+        assert!(store.get("Node", "d").unwrap().is_none());
+
+        // Watchers get one change per written item, in revision order, live and from history.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            match live.try_recv().unwrap() {
+                WatchItem::Change(c) => seen.push((c.revision, c.change, c.object.name.clone())),
+                WatchItem::Reset => panic!("unexpected reset"),
+            }
+        }
+        assert!(live.try_recv().is_err());
+        let want = vec![
+            (3, ChangeType::Modified, "a".to_string()),
+            (4, ChangeType::Added, "c".to_string()),
+            (5, ChangeType::Modified, "c".to_string()),
+            (6, ChangeType::Deleted, "b".to_string()),
+        ];
+        assert_eq!(seen, want);
+        let (history, _) = store.watch(2).unwrap();
+        let history: Vec<_> = history
+            .iter()
+            .map(|c| (c.revision, c.change, c.object.name.clone()))
+            .collect();
+        assert_eq!(history, want);
+
+        // The next entry continues after the batch's revisions, not at its log index.
+        let r = sm.apply([entry(4, update("a", 3))]).await.unwrap();
+        assert!(matches!(r[0], Response::Written { revision: 7, .. }));
+        // A blank entry past the revision raises it to its index, as before batches.
+        sm.apply([Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 9),
+            payload: EntryPayload::Blank,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(store.revision(), 9);
+        let r = sm.apply([entry(10, update("a", 7))]).await.unwrap();
+        assert!(matches!(r[0], Response::Written { revision: 10, .. }));
+    }
+
+    #[tokio::test]
+    async fn batch_is_stored_with_last_applied_and_revision_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = open(dir.path(), 100);
+            let batch = Request::Batch((0..50).map(|i| create(&format!("n{i}"))).collect());
+            sm.apply([entry(1, batch)]).await.unwrap();
+            // Nothing of an entry whose apply fails half-way may stay: here nothing fails, so
+            // everything and the applied index are there together.
+            let (applied, _) = sm.applied_state().await.unwrap();
+            assert_eq!(applied.map(|l| l.index), Some(1));
+            sm.kv().flush().await.unwrap();
+        }
+        let mut sm = open(dir.path(), 100);
+        let store = sm.object_store();
+        let (objects, revision) = store.list("Node").unwrap();
+        assert_eq!(objects.len(), 50);
+        assert_eq!(revision, 50);
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(1));
+        // Revisions continue where they were, not at the log index.
+        let r = sm.apply([entry(2, create("after"))]).await.unwrap();
+        assert!(matches!(r[0], Response::Written { revision: 51, .. }));
+    }
+
+    #[tokio::test]
+    async fn snapshot_carries_the_revision_and_old_snapshots_use_the_log_index() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let mut src = open(src_dir.path(), 100);
+        let batch = Request::Batch((0..5).map(|i| create(&format!("n{i}"))).collect());
+        src.apply([entry(1, batch)]).await.unwrap();
+        let snap = src
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let dst_dir = tempfile::tempdir().unwrap();
+        let mut dst = open(dst_dir.path(), 100);
+        dst.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let store = dst.object_store();
+        assert_eq!(store.revision(), 5);
+        assert_eq!(store.compacted(), 5);
+        let r = dst.apply([entry(2, create("x"))]).await.unwrap();
+        assert!(matches!(r[0], Response::Written { revision: 6, .. }));
+
+        // A snapshot from before batches has no revision: its last log index is.
+        let old_body = format!(
+            r#"{{"objects":[{{"kind":"Node","name":"o","resource_version":7,"json":{:?}}}]}}"#,
+            node("o")
+        );
+        let mut meta = snap.meta.clone();
+        meta.last_log_id = Some(LogId::new(CommittedLeaderId::new(1, 1), 7));
+        let old_dir = tempfile::tempdir().unwrap();
+        let mut old = open(old_dir.path(), 100);
+        old.install_snapshot(&meta, Box::new(Cursor::new(old_body.into_bytes())))
+            .await
+            .unwrap();
+        assert_eq!(old.object_store().revision(), 7);
+        assert!(old.object_store().get("Node", "o").unwrap().is_some());
+    }
+
+    #[test]
+    fn entries_written_before_batches_still_decode() {
+        // The JSON of a log entry's request as the first release wrote it.
+        let old = r#"{"Update":{"kind":"Replica","name":"web-1","expected":3,"json":"{}"}}"#;
+        let req: Request = serde_json::from_str(old).unwrap();
+        assert!(matches!(req, Request::Update { expected: 3, .. }));
+        let batch = Request::Batch(vec![req.clone(), create("a")]);
+        let json = serde_json::to_string(&batch).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), batch);
     }
 }
