@@ -570,6 +570,7 @@ fn down(mut c: Cluster, purge: bool) -> anyhow::Result<i32> {
         result?;
         std::fs::remove_dir_all(&c.dir)
             .with_context(|| format!("cannot remove {}", c.dir.display()))?;
+        state::forget_last(&c.dir);
         println!("cluster {} is down; {} removed", c.name, c.dir.display());
     } else {
         c.save()?;

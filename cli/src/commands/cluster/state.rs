@@ -151,6 +151,14 @@ pub fn remember_last(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", file.display()))
 }
 
+/// Forgets `dir` as the last cluster brought up (after it was purged).
+pub fn forget_last(dir: &Path) {
+    let file = last_file();
+    if std::fs::read_to_string(&file).is_ok_and(|t| Path::new(t.trim()) == dir) {
+        let _ = std::fs::remove_file(&file);
+    }
+}
+
 /// The cluster directory a command means: `--dir`, else `--name`'s default directory, else
 /// the last cluster brought up.
 ///
