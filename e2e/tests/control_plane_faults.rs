@@ -304,3 +304,86 @@ fn a_member_whose_data_dir_is_read_only_fails_clearly_and_loses_nothing() {
         .unwrap();
     assert_eq!(names.len(), 20);
 }
+
+/// A service whose spec is padded to about 2 KB, to fill a disk quickly.
+fn big_service(name: &str, pad: usize) -> Object {
+    let mut o = service(name);
+    o.spec["template"]["command"] = serde_json::json!([format!("{:0>1$}", pad, 2000)]);
+    o
+}
+
+#[test]
+fn a_member_whose_disk_fills_up_stops_with_a_clear_error_while_the_majority_serves() {
+    let _one = serial();
+    let cluster = TestCluster::up(3, 0).expect("cluster up");
+    let rt = runtime();
+    cluster.member("stop", "s3").unwrap();
+    // s3's data moves onto a 2 MiB tmpfs mounted over its data dir.
+    let data = cluster.dir().join("servers/s3");
+    let data_arg = data.display().to_string();
+    let small = cluster.dir().join("small-disk");
+    std::fs::create_dir_all(&small).unwrap();
+    let small_arg = small.display().to_string();
+    mount(&["-t", "tmpfs", "-o", "size=2m", "tmpfs", &small_arg]);
+    struct Unmount(Vec<String>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for m in &self.0 {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(m)
+                    .status();
+            }
+        }
+    }
+    let _mounts = Unmount(vec![data_arg.clone(), small_arg.clone()]);
+    let copied = std::process::Command::new("cp")
+        .args(["-a", &format!("{data_arg}/."), &small_arg])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    mount(&["--bind", &small_arg, &data_arg]);
+    cluster.member("start", "s3").unwrap();
+
+    // The majority acknowledges ~4 MB of writes; s3 runs out of space on the way.
+    let acked = rt.block_on(async {
+        let mut c = cluster.client().await.unwrap();
+        let mut acked = 0;
+        for i in 0..2000 {
+            c.create(&big_service(&format!("fill{i}"), i))
+                .await
+                .unwrap();
+            acked += 1;
+        }
+        acked
+    });
+    let log = cluster.dir().join("logs/s3.log");
+    let reason = rt
+        .block_on(eventually(
+            "s3 to stop on its full disk",
+            Duration::from_secs(30),
+            || {
+                let log = log.clone();
+                async move {
+                    let text = std::fs::read_to_string(&log).ok()?;
+                    text.lines()
+                        .rev()
+                        .find(|l| l.starts_with("gantry:"))
+                        .map(str::to_string)
+                }
+            },
+        ))
+        .unwrap();
+    assert!(
+        reason.contains("member s3") && reason.contains("No space left on device"),
+        "unclear failure: {reason}"
+    );
+    eprintln!("s3 stopped: {reason}");
+
+    // The majority kept serving: every acknowledged write is there.
+    let stored = rt.block_on(async {
+        let mut c = cluster.client().await.unwrap();
+        c.list(Kind::Service).await.unwrap().0.len()
+    });
+    assert_eq!(stored, acked);
+}

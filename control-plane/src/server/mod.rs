@@ -330,6 +330,7 @@ pub async fn run_with(
         (Bootstrap::Join(join), true) => join_cluster(join, &identity, &node, &shutdown).await,
         _ => Ok(()),
     };
+    let mut fatal: Option<String> = None;
     if joined.is_ok() {
         started(MemberHandle {
             raft: raft.clone(),
@@ -337,8 +338,17 @@ pub async fn run_with(
             identity: identity.clone(),
             addr: addr.clone(),
         });
-        shutdown.cancelled().await;
-        tracing::info!(member = %config.name, "shutting down");
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                tracing::info!(member = %config.name, "shutting down");
+            }
+            reason = raft_stopped(&raft) => {
+                // The consensus core ended by itself (a storage failure such as a full or
+                // read-only disk): a member that can no longer persist must not linger.
+                tracing::error!(member = %config.name, %reason, "raft stopped; shutting down");
+                fatal = Some(reason);
+            }
+        }
     }
 
     // openraft 0.9 has no leadership transfer; followers elect a new leader after their
@@ -360,7 +370,12 @@ pub async fn run_with(
             Ok(Ok(()))
         }
     };
-    kv.flush().await?;
+    // A full disk may refuse this flush too: the reason Raft stopped is the one to report.
+    let flushed = kv.flush().await;
+    if let Some(reason) = fatal {
+        return Err(ServerError::Raft(format!("stopped: {reason}")));
+    }
+    flushed?;
     joined?;
     match served {
         Ok(r) => r?,
@@ -368,6 +383,17 @@ pub async fn run_with(
     }
     tracing::info!(member = %config.name, "stopped");
     Ok(())
+}
+
+/// Resolves when the Raft core has stopped on its own, with the reason it gives.
+async fn raft_stopped(raft: &Raft) -> String {
+    let mut metrics = raft.metrics();
+    while metrics.changed().await.is_ok() {}
+    match raft.ensure_linearizable().await {
+        Err(openraft::error::RaftError::Fatal(f)) => f.to_string(),
+        Err(e) => e.to_string(),
+        Ok(_) => "the consensus core stopped".to_string(),
+    }
 }
 
 /// Asks `join` to add this member, retrying while the cluster is busy.
