@@ -214,6 +214,37 @@ fn stopping_and_starting_every_member_keeps_all_state() {
     assert_eq!(after, before, "state changed across a full restart");
 }
 
+/// Mount points unmounted (lazily, so a member still using them cannot block it) when dropped.
+struct Unmount(Vec<String>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .status();
+        }
+    }
+}
+
+/// The line a member printed when it exited with an error (`gantry: …`), once there is one.
+async fn exit_reason(cluster: &TestCluster, member: &str, within: Duration) -> String {
+    let log = cluster.dir().join(format!("logs/{member}.log"));
+    eventually(&format!("{member} to exit with an error"), within, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .rev()
+                .find(|l| l.starts_with("gantry:"))
+                .map(str::to_string)
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs `mount ARGS…`, failing the test when it fails.
 fn mount(args: &[&str]) {
     let out = std::process::Command::new("mount")
@@ -244,33 +275,11 @@ fn a_member_whose_data_dir_is_read_only_fails_clearly_and_loses_nothing() {
     let data_arg = data.display().to_string();
     mount(&["--bind", &data_arg, &data_arg]);
     mount(&["-o", "remount,bind,ro", &data_arg]);
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let ro = Unmount(data_arg.clone());
+    let ro = Unmount(vec![data_arg.clone()]);
 
     // Started on a data dir it cannot write, the member stops with a clear reason.
     cluster.member("start", "s3").unwrap();
-    let log = cluster.dir().join("logs/s3.log");
-    let reason = rt
-        .block_on(eventually(
-            "s3 to fail on its read-only data dir",
-            Duration::from_secs(20),
-            || {
-                let log = log.clone();
-                async move {
-                    let text = std::fs::read_to_string(&log).ok()?;
-                    text.lines()
-                        .rev()
-                        .find(|l| l.starts_with("gantry:"))
-                        .map(str::to_string)
-                }
-            },
-        ))
-        .unwrap();
+    let reason = rt.block_on(exit_reason(&cluster, "s3", Duration::from_secs(20)));
     assert!(
         reason.contains("Read-only file system") && reason.contains("s3"),
         "unclear failure: {reason}"
@@ -325,17 +334,6 @@ fn a_member_whose_disk_fills_up_stops_with_a_clear_error_while_the_majority_serv
     std::fs::create_dir_all(&small).unwrap();
     let small_arg = small.display().to_string();
     mount(&["-t", "tmpfs", "-o", "size=2m", "tmpfs", &small_arg]);
-    struct Unmount(Vec<String>);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            for m in &self.0 {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(m)
-                    .status();
-            }
-        }
-    }
     let _mounts = Unmount(vec![data_arg.clone(), small_arg.clone()]);
     let copied = std::process::Command::new("cp")
         .args(["-a", &format!("{data_arg}/."), &small_arg])
@@ -345,7 +343,8 @@ fn a_member_whose_disk_fills_up_stops_with_a_clear_error_while_the_majority_serv
     mount(&["--bind", &small_arg, &data_arg]);
     cluster.member("start", "s3").unwrap();
 
-    // The majority acknowledges ~4 MB of writes; s3 runs out of space on the way.
+    // The majority acknowledges ~4 MB of writes (2,000 services of ~2 KB); s3 runs out of
+    // space on the way.
     let acked = rt.block_on(async {
         let mut c = cluster.client().await.unwrap();
         let mut acked = 0;
@@ -357,23 +356,7 @@ fn a_member_whose_disk_fills_up_stops_with_a_clear_error_while_the_majority_serv
         }
         acked
     });
-    let log = cluster.dir().join("logs/s3.log");
-    let reason = rt
-        .block_on(eventually(
-            "s3 to stop on its full disk",
-            Duration::from_secs(30),
-            || {
-                let log = log.clone();
-                async move {
-                    let text = std::fs::read_to_string(&log).ok()?;
-                    text.lines()
-                        .rev()
-                        .find(|l| l.starts_with("gantry:"))
-                        .map(str::to_string)
-                }
-            },
-        ))
-        .unwrap();
+    let reason = rt.block_on(exit_reason(&cluster, "s3", Duration::from_secs(30)));
     assert!(
         reason.contains("member s3") && reason.contains("No space left on device"),
         "unclear failure: {reason}"
