@@ -142,6 +142,36 @@ pub struct ServiceSpec {
     /// Only nodes with all of these labels run the replicas.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Ports served on the service's virtual address (`status.clusterIP`) and DNS name, spread
+    /// over the ready replicas. A service without ports gets no virtual address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+}
+
+/// The lowest `nodePort` a service may publish.
+pub const NODE_PORT_MIN: u16 = 30000;
+/// The highest `nodePort` a service may publish.
+pub const NODE_PORT_MAX: u16 = 32767;
+
+/// One port of a service's virtual address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// Optional name (a DNS label); required when a service has several ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port on the virtual address.
+    pub port: u16,
+    /// The replicas' port, by number or container port name (default: `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<PortRef>,
+    /// `TCP` (default) or `UDP`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Also publish on this port of every node's address
+    /// ([`NODE_PORT_MIN`]..=[`NODE_PORT_MAX`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
 }
 
 fn one() -> u32 {
@@ -406,6 +436,14 @@ pub struct ServiceStatus {
     /// Hash of the current template (replicas carry it as `spec.templateHash`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub template_hash: String,
+    /// The stable virtual address of a service with ports (set by the control plane from the
+    /// service range; kept for the service's life).
+    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<String>,
+    /// Why the service's address or node ports are not (all) served, e.g. a `nodePort`
+    /// another service already publishes, or an exhausted service range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_error: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------

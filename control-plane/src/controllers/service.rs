@@ -129,6 +129,7 @@ pub fn plan(spec: &ServiceSpec, hash: &str, replicas: &[ReplicaView]) -> Plan {
         ready_replicas: ready(&current) + ready(&old),
         updated_replicas: count(&current),
         template_hash: hash.to_string(),
+        ..ServiceStatus::default()
     };
     let mut create = 0;
     if old.is_empty() {
