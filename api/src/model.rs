@@ -551,6 +551,14 @@ pub struct NodeSpec {
     /// The subnet replicas on this node take addresses from (set by the control plane).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_cidr: Option<String>,
+    /// The whole replica range all nodes' subnets come from (set by the control plane with
+    /// `replica_cidr`); replicas route it through their node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<String>,
+    /// The range services' virtual addresses come from (set by the control plane with
+    /// `replica_cidr`); replicas route it through their node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<String>,
 }
 
 /// Resources of a node.
