@@ -7,6 +7,7 @@
 //! - [`events`]: Event naming and folding of repeats, shared by controllers and agents.
 //! - [`objects`]: the object kinds stored by the control plane and their validation.
 //! - [`manifest`]: YAML manifests for `gantry apply`: parsing and strict validation.
+//! - [`net`]: IPv4 ranges (`10.214.0.0/16`) for node subnets and service addresses.
 //! - [`proto`]: the generated gRPC services (`RaftService`, `ObjectService`) and messages.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod client;
 pub mod events;
 pub mod manifest;
 pub mod model;
+pub mod net;
 pub mod objects;
 pub mod quantity;
 
