@@ -242,7 +242,9 @@ pub struct ContainerPort {
 }
 
 /// A transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub enum Protocol {
     /// TCP.
     #[default]
@@ -648,6 +650,28 @@ pub enum EventType {
     Warning,
 }
 
+/// Which service publishes each node port, when several declare the same one: the oldest
+/// (`creationTimestamp`, then name) wins and the others are told through
+/// `status.networkError`. The control plane and every agent apply this one rule, so they
+/// agree without talking. Input: `(name, creationTimestamp, spec)` of every Service.
+pub fn node_port_owners<'a>(
+    services: impl IntoIterator<Item = (&'a str, Option<&'a str>, &'a ServiceSpec)>,
+) -> BTreeMap<(Protocol, u16), String> {
+    let mut sorted: Vec<_> = services.into_iter().collect();
+    sorted.sort_by(|a, b| (a.1.unwrap_or(""), a.0).cmp(&(b.1.unwrap_or(""), b.0)));
+    let mut owners = BTreeMap::new();
+    for (name, _, spec) in sorted {
+        for p in &spec.ports {
+            if let Some(np) = p.node_port {
+                owners
+                    .entry((p.protocol, np))
+                    .or_insert_with(|| name.to_string());
+            }
+        }
+    }
+    owners
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,24 +723,4 @@ mod tests {
         assert_eq!(IntOrPercent::Percent("x".into()).resolve(10, true), None);
         assert_eq!(IntOrPercent::Int(2).resolve(10, true), Some(2));
     }
-}
-
-/// Which service publishes each node port, when several declare the same one: the oldest
-/// (`creationTimestamp`, then name) wins and the others are told through
-/// `status.networkError`. The control plane and every agent apply this one rule, so they
-/// agree without talking. Input: `(name, creationTimestamp, spec)` of every Service.
-pub fn node_port_owners<'a>(
-    services: impl IntoIterator<Item = (&'a str, Option<&'a str>, &'a ServiceSpec)>,
-) -> BTreeMap<(Protocol, u16), String> {
-    let mut sorted: Vec<_> = services.into_iter().collect();
-    sorted.sort_by(|a, b| (a.1.unwrap_or(""), a.0).cmp(&(b.1.unwrap_or(""), b.0)));
-    let mut owners = BTreeMap::new();
-    for (name, _, spec) in sorted {
-        for p in &spec.ports {
-            if let Some(np) = p.node_port {
-                owners.entry((p.protocol, np)).or_insert_with(|| name.to_string());
-            }
-        }
-    }
-    owners
 }
