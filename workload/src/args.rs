@@ -49,6 +49,15 @@ pub enum Command {
     Sleep(Wait),
     /// Print the current unix time in nanoseconds (CLOCK_REALTIME) and exit.
     Now,
+    /// HTTP GET a URL, `count` times over new connections.
+    Get {
+        /// `http://host[:port][/path]`.
+        url: String,
+        /// Requests to make.
+        count: u64,
+        /// Connect/read timeout of each request.
+        timeout: Duration,
+    },
     /// Print usage to stdout and exit 0.
     Help,
 }
@@ -70,6 +79,9 @@ commands:
                                 all were spawned else 1
   sleep SECONDS|infinity        sleep
   now                           print the unix time in nanoseconds
+  get URL [--count N] [--timeout SECONDS]
+                                HTTP GET over a new connection each time; with N > 1 print
+                                `HOSTNAME COUNT` per answering server (default N 1, timeout 2)
   help                          print this text
   /PATH [ARGS...]               execute PATH instead (126/127 when it cannot be run)";
 
@@ -86,6 +98,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     };
     match name.as_str() {
         "serve" => parse_serve(rest),
+        "get" => parse_get(rest),
         "info" => no_args("info", rest).map(|()| Command::Info),
         "now" => no_args("now", rest).map(|()| Command::Now),
         "help" | "--help" | "-h" => Ok(Command::Help),
@@ -154,6 +167,37 @@ fn parse_serve(rest: &[String]) -> Result<Command, String> {
             .map_err(|_| format!("serve: invalid port {value:?}: expected 0..=65535"))?;
     }
     Ok(Command::Serve { port })
+}
+
+fn parse_get(rest: &[String]) -> Result<Command, String> {
+    let (mut url, mut count, mut timeout) = (None, 1, Duration::from_secs(2));
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--count" => {
+                let v = it.next().ok_or("get: --count needs a value")?;
+                count = parse_count("get", "count", v)?;
+            }
+            "--timeout" => {
+                let v = it.next().ok_or("get: --timeout needs a value")?;
+                match parse_wait("get", v)? {
+                    Wait::For(d) if !d.is_zero() => timeout = d,
+                    _ => return Err(format!("get: invalid timeout {v:?}: expected SECONDS > 0")),
+                }
+            }
+            other if url.is_none() && !other.starts_with("--") => url = Some(other.to_string()),
+            other => return Err(format!("get: unexpected argument {other:?}")),
+        }
+    }
+    let url = url.ok_or("get: expected a URL")?;
+    if count == 0 {
+        return Err("get: --count must be at least 1".to_string());
+    }
+    Ok(Command::Get {
+        url,
+        count,
+        timeout,
+    })
 }
 
 /// Separates `--hold S` / `--hold=S` from the positional arguments.

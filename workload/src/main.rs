@@ -13,6 +13,7 @@
 //! `/bin/true`, as users of Docker images expect.
 
 mod args;
+mod get;
 mod serve;
 
 use std::io::{self, Write};
@@ -87,6 +88,18 @@ fn run(cmd: Command) -> ExitCode {
             println!("{ns}");
             ExitCode::SUCCESS
         }
+        Command::Get {
+            url,
+            count,
+            timeout,
+        } => match get::run(&url, count, timeout) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("gantry-workload: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Alloc { mib, hold } => alloc(mib, hold),
         Command::Burn(wait) => {
             burn(wait);
