@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Gantry's build, tests and demo need (root on Debian); a no-op
-# when they are present. busybox-static gives the sample image a shell; iproute2 gives `ip`.
+# when they are present. busybox-static gives the sample image a shell; iproute2 gives `ip`;
+# nftables gives `nft`, which agents use for service addresses and node ports.
 set -euo pipefail
-pkgs=(busybox-static iproute2)
+pkgs=(busybox-static iproute2 nftables)
 need=()
 for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

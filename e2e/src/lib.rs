@@ -66,6 +66,21 @@ pub fn sample_archive() -> PathBuf {
     path
 }
 
+/// The sample image's workload binary, unpacked next to the archive by
+/// `scripts/sample-image.sh` (statically linked, so it runs on the host too).
+pub fn sample_workload() -> PathBuf {
+    let path = sample_archive()
+        .parent()
+        .map(|d| d.join("rootfs/app/gantry-workload"))
+        .expect("sample image directory");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/sample-image.sh (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
 /// Runs `cmd` to completion, killing it after `deadline`.
 pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> anyhow::Result<Output> {
     let child = cmd
@@ -246,10 +261,25 @@ impl TestCluster {
             .with_context(|| format!("no server {name}"))
     }
 
+    /// The network namespace file of member `member` (a server or an agent).
+    pub fn netns_of(&self, member: &str) -> String {
+        format!("/run/netns/gantry-{}-{member}", self.name)
+    }
+
+    /// `program args…` run inside member `member`'s network namespace (the host's filesystem).
+    pub fn program_in(&self, member: &str, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns_of(member)))
+            .arg("--")
+            .arg(program)
+            .args(args);
+        cmd
+    }
+
     /// A `gantry` command run inside member `member`'s network namespace.
     pub fn command_in(&self, member: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/gantry-{}-{member}", self.name))
+        cmd.arg(format!("--net={}", self.netns_of(member)))
             .arg("--")
             .arg(gantry_bin())
             .args(args)
