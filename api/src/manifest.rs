@@ -12,7 +12,8 @@
 //!    records the path and position of the first failing field. That field is then removed and
 //!    the spec deserialized again, so several wrong fields of one document are all reported.
 //! 3. **Semantics.** [`validate_service_spec`] (shared with the API server) checks what types
-//!    cannot say: duplicate ports, undeclared probe ports, limits below requests…
+//!    cannot say: duplicate ports, undeclared probe ports, limits below requests, service
+//!    ports (numbers, names, the node port range, named target ports)…
 //!
 //! Invariants: [`parse`] returns `Ok` only when the whole text has no error; returned objects
 //! carry the normalized spec (defaults filled, quantities canonical) and no status. Empty
@@ -20,7 +21,10 @@
 //! whether "nothing to apply" is an error). Input larger than [`MAX_MANIFEST_BYTES`] and YAML
 //! exceeding the parser budget (alias bombs, deep nesting) are refused with the limit named.
 
-use crate::model::{IntOrPercent, PortRef, Probe, ResourceList, ServiceSpec, API_VERSION};
+use crate::model::{
+    IntOrPercent, PortRef, Probe, Protocol, ResourceList, ServiceSpec, API_VERSION, NODE_PORT_MAX,
+    NODE_PORT_MIN,
+};
 use crate::objects::{validate_name, Kind, Object, ObjectError, ObjectMeta};
 use serde::de::{self, DeserializeSeed, Error as _, IntoDeserializer, Visitor};
 use serde::Deserialize;
@@ -246,7 +250,7 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Vec<(String, String)> {
             );
         }
     }
-    let mut port_seen: HashMap<(u16, crate::model::Protocol), usize> = HashMap::new();
+    let mut port_seen: HashMap<(u16, Protocol), usize> = HashMap::new();
     let mut name_seen: HashMap<&str, usize> = HashMap::new();
     for (i, port) in t.ports.iter().enumerate() {
         let base = format!("spec.template.ports[{i}]");
@@ -283,6 +287,7 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Vec<(String, String)> {
             }
         }
     }
+    validate_service_ports(spec, &mut err);
     let probes = [
         ("livenessProbe", &t.liveness_probe, true),
         ("readinessProbe", &t.readiness_probe, false),
@@ -310,6 +315,104 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Vec<(String, String)> {
         );
     }
     out
+}
+
+/// The service's own ports (`spec.ports`): numbers, names, node ports and target ports.
+///
+/// Duplicates are judged per protocol, as Kubernetes does, since a TCP and a UDP port of the
+/// same number (DNS) are two different ports; each duplicate names the first holder.
+fn validate_service_ports(spec: &ServiceSpec, err: &mut impl FnMut(String, String)) {
+    let several = spec.ports.len() > 1;
+    let mut port_seen: HashMap<(Protocol, u16), usize> = HashMap::new();
+    let mut name_seen: HashMap<&str, usize> = HashMap::new();
+    let mut node_port_seen: HashMap<(Protocol, u16), usize> = HashMap::new();
+    for (i, port) in spec.ports.iter().enumerate() {
+        let base = format!("spec.ports[{i}]");
+        match &port.name {
+            Some(name) => {
+                if let Err(reason) = check_port_name(name) {
+                    err(
+                        format!("{base}.name"),
+                        format!("{name:?} is not a valid port name ({reason})"),
+                    );
+                }
+                if let Some(first) = name_seen.get(name.as_str()) {
+                    err(
+                        format!("{base}.name"),
+                        format!("duplicate port name {name:?} (also ports[{first}])"),
+                    );
+                } else {
+                    name_seen.insert(name, i);
+                }
+            }
+            None if several => err(
+                format!("{base}.name"),
+                "a name is required when a service has several ports".into(),
+            ),
+            None => {}
+        }
+        let protocol = protocol_name(port.protocol);
+        if port.port == 0 {
+            err(
+                format!("{base}.port"),
+                "port 0 is not allowed (1-65535)".into(),
+            );
+        } else if let Some(first) = port_seen.get(&(port.protocol, port.port)) {
+            err(
+                format!("{base}.port"),
+                format!(
+                    "duplicate port {}/{protocol} (also ports[{first}])",
+                    port.port
+                ),
+            );
+        } else {
+            port_seen.insert((port.protocol, port.port), i);
+        }
+        if let Some(np) = port.node_port {
+            if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&np) {
+                err(
+                    format!("{base}.nodePort"),
+                    format!(
+                        "nodePort {np} is outside the node port range \
+                         {NODE_PORT_MIN}-{NODE_PORT_MAX}"
+                    ),
+                );
+            } else if let Some(first) = node_port_seen.get(&(port.protocol, np)) {
+                err(
+                    format!("{base}.nodePort"),
+                    format!("duplicate nodePort {np}/{protocol} (also ports[{first}])"),
+                );
+            } else {
+                node_port_seen.insert((port.protocol, np), i);
+            }
+        }
+        let path = format!("{base}.targetPort");
+        match &port.target_port {
+            None => {}
+            Some(PortRef::Number(0)) => err(path, "port 0 is not allowed (1-65535)".into()),
+            Some(PortRef::Number(_)) => {}
+            Some(PortRef::Name(name)) => {
+                let declared = spec
+                    .template
+                    .ports
+                    .iter()
+                    .any(|p| p.name.as_deref() == Some(name.as_str()));
+                if !declared {
+                    err(
+                        path,
+                        format!("port name {name:?} is not declared in spec.template.ports"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::TCP => "TCP",
+        Protocol::UDP => "UDP",
+    }
 }
 
 fn validate_probe(

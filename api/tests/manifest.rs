@@ -117,6 +117,13 @@ fn web_example_is_normalized_with_defaults_and_canonical_quantities() {
         "32Mi"
     );
     assert_eq!(web.spec["template"]["ports"][0]["protocol"], "TCP");
+    // The service is exposed: port 80 of its address and node port 30080, to the named port.
+    assert_eq!(spec.ports.len(), 1);
+    assert_eq!(
+        (spec.ports[0].port, spec.ports[0].node_port),
+        (80, Some(30080))
+    );
+    assert_eq!(web.spec["ports"][0]["protocol"], "TCP");
 }
 
 // ----- documents ----------------------------------------------------------------------------
@@ -795,6 +802,180 @@ fn malformed_percentages_are_refused() {
         "lots",
         "spec.strategy.maxSurge",
         "malformed percentage \"lots\" (expected 0% to 100%, such as \"25%\")",
+    );
+}
+
+// ----- service ports ------------------------------------------------------------------------
+
+/// A service whose `spec.ports` is `ports` (line 7) and whose template declares the port
+/// `http` (8080).
+fn with_ports(ports: &str) -> String {
+    doc(&format!(
+        "  template: {{image: a, ports: [{{name: http, containerPort: 8080}}]}}\n  ports: {ports}\n"
+    ))
+}
+
+#[test]
+fn service_ports_parse_with_defaults() {
+    let text = with_ports("[{name: web, port: 80, targetPort: http, nodePort: 30080}, {name: dns, port: 53, protocol: UDP}]");
+    let objs = parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let spec = spec_of(&objs[0]);
+    assert_eq!(spec.ports.len(), 2);
+    assert_eq!(spec.ports[0].node_port, Some(30080));
+    assert_eq!(objs[0].spec["ports"][0]["protocol"], "TCP");
+    assert_eq!(objs[0].spec["ports"][1]["protocol"], "UDP");
+    // One unnamed port is fine, and node ports at both ends of the range too.
+    assert!(parse("t.yaml", &with_ports("[{port: 80, nodePort: 30000}]")).is_ok());
+    assert!(parse("t.yaml", &with_ports("[{port: 80, nodePort: 32767}]")).is_ok());
+}
+
+#[test]
+fn service_port_zero_is_refused() {
+    expect_one(
+        &with_ports("[{port: 0}]"),
+        7,
+        "0}",
+        "spec.ports[0].port",
+        "port 0 is not allowed (1-65535)",
+    );
+}
+
+#[test]
+fn service_port_above_65535_is_refused() {
+    expect_one(
+        &with_ports("[{port: 70000}]"),
+        7,
+        "70000",
+        "spec.ports[0].port",
+        "invalid value: integer `70000`, expected an integer from 0 to 65535",
+    );
+}
+
+#[test]
+fn node_port_outside_the_range_is_refused() {
+    let text = with_ports("[{name: a, port: 80}, {name: b, port: 81, nodePort: 8080}]");
+    expect_one(
+        &text,
+        7,
+        "8080",
+        "spec.ports[1].nodePort",
+        "nodePort 8080 is outside the node port range 30000-32767",
+    );
+    expect_one(
+        &with_ports("[{port: 80, nodePort: 32768}]"),
+        7,
+        "32768",
+        "spec.ports[0].nodePort",
+        "nodePort 32768 is outside the node port range 30000-32767",
+    );
+}
+
+#[test]
+fn service_port_names_must_be_dns_labels() {
+    expect_one(
+        &with_ports("[{name: Web, port: 80}]"),
+        7,
+        "Web",
+        "spec.ports[0].name",
+        "\"Web\" is not a valid port name (must consist of lower-case letters, digits and '-')",
+    );
+}
+
+#[test]
+fn service_port_names_are_required_with_several_ports() {
+    let text = with_ports("[{name: a, port: 80}, {port: 81}]");
+    expect_one(
+        &text,
+        7,
+        "{port: 81",
+        "spec.ports[1].name",
+        "a name is required when a service has several ports",
+    );
+}
+
+#[test]
+fn duplicate_service_ports_are_refused_per_protocol() {
+    let text = with_ports(
+        "[{name: a, port: 53}, {name: b, port: 53, protocol: UDP}, {name: c, port: 53}]",
+    );
+    let e = only_error(&text);
+    assert_eq!(
+        (e.line, e.column, e.path.as_str(), e.message.as_str()),
+        (
+            7,
+            text.lines().nth(6).unwrap().rfind("53").unwrap() + 1,
+            "spec.ports[2].port",
+            "duplicate port 53/TCP (also ports[0])"
+        )
+    );
+}
+
+#[test]
+fn duplicate_service_port_names_are_refused() {
+    let text = with_ports("[{name: a, port: 80}, {name: a, port: 81}]");
+    let e = only_error(&text);
+    assert_eq!(
+        (e.line, e.column, e.path.as_str(), e.message.as_str()),
+        (
+            7,
+            text.lines().nth(6).unwrap().rfind("a,").unwrap() + 1,
+            "spec.ports[1].name",
+            "duplicate port name \"a\" (also ports[0])"
+        )
+    );
+}
+
+#[test]
+fn duplicate_node_ports_are_refused() {
+    let text =
+        with_ports("[{name: a, port: 80, nodePort: 30080}, {name: b, port: 81, nodePort: 30080}]");
+    let e = only_error(&text);
+    assert_eq!(
+        (e.line, e.column, e.path.as_str(), e.message.as_str()),
+        (
+            7,
+            text.lines().nth(6).unwrap().rfind("30080").unwrap() + 1,
+            "spec.ports[1].nodePort",
+            "duplicate nodePort 30080/TCP (also ports[0])"
+        )
+    );
+    // The same number over another protocol is another port.
+    let text = with_ports(
+        "[{name: a, port: 53, nodePort: 30053}, {name: b, port: 53, protocol: UDP, nodePort: 30053}]",
+    );
+    assert!(parse("t.yaml", &text).is_ok());
+}
+
+#[test]
+fn named_target_port_must_be_declared() {
+    expect_one(
+        &with_ports("[{port: 80, targetPort: web}]"),
+        7,
+        "web",
+        "spec.ports[0].targetPort",
+        "port name \"web\" is not declared in spec.template.ports",
+    );
+}
+
+#[test]
+fn target_port_zero_is_refused() {
+    expect_one(
+        &with_ports("[{port: 80, targetPort: 0}]"),
+        7,
+        "0}",
+        "spec.ports[0].targetPort",
+        "port 0 is not allowed (1-65535)",
+    );
+}
+
+#[test]
+fn server_validation_checks_service_ports() {
+    let mut obj = Object::new(Kind::Service, "web");
+    obj.spec = serde_json::json!({"template": {"image": "a"},
+        "ports": [{"name": "a", "port": 80, "nodePort": 80}]});
+    assert_eq!(
+        obj.validate().unwrap_err().to_string(),
+        "spec: ports[0].nodePort: nodePort 80 is outside the node port range 30000-32767"
     );
 }
 

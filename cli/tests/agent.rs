@@ -1,17 +1,24 @@
 //! The node agent against real containers and a real control plane: a `gantry server` and a
 //! `gantry agent` process per test, replicas created directly through the client (bound to
 //! the node by hand, so no controller is needed).
+//!
+//! Most tests run the agent in the host's network namespace with `--network none` (replicas
+//! get `lo` only). The replica networking tests run it in a network namespace of their own
+//! (`ip netns add gantry-test-…`, entered with `nsenter --net`, deleted by a drop guard),
+//! reaching the in-process control plane through a proxy whose listening socket was made in
+//! that namespace; they set the Node's subnet by hand, as the control plane's network
+//! controller would.
 
 mod common;
 
 use common::{inspect, wait_for, Root, IMAGE};
 use gantry_api::client::Client;
 use gantry_api::model::{
-    ContainerTemplate, EnvVar, ExecAction, HttpGetAction, PortRef, Probe, ReplicaSpec,
+    ContainerTemplate, EnvVar, ExecAction, HttpGetAction, NodeSpec, PortRef, Probe, ReplicaSpec,
     ReplicaStatus, RestartPolicy, TcpSocketAction,
 };
 use gantry_api::objects::{Kind, Object};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -40,13 +47,36 @@ struct Proxy {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// Binds `listen` inside the network namespace file `netns` from the calling thread, then
+/// returns the thread to its own namespace (a socket stays in the namespace it was made in).
+fn bind_in_netns(netns: &Path, listen: &str) -> std::net::TcpListener {
+    use nix::sched::{setns, CloneFlags};
+    let home = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+    let target = std::fs::File::open(netns).unwrap();
+    setns(&target, CloneFlags::CLONE_NEWNET).unwrap();
+    let bound = std::net::TcpListener::bind(listen);
+    setns(&home, CloneFlags::CLONE_NEWNET).unwrap();
+    let l = bound.unwrap();
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
 impl Proxy {
     fn start(listen: String, target: String) -> Proxy {
+        Proxy::start_in(None, listen, target)
+    }
+
+    /// A proxy listening in `netns` (when given) and connecting from this namespace.
+    fn start_in(netns: Option<PathBuf>, listen: String, target: String) -> Proxy {
         let token = CancellationToken::new();
         let stop = token.clone();
         let thread = std::thread::spawn(move || {
+            let pre_bound = netns.map(|ns| bind_in_netns(&ns, &listen));
             rt().block_on(async move {
                 let listener = loop {
+                    if let Some(l) = pre_bound {
+                        break tokio::net::TcpListener::from_std(l).unwrap();
+                    }
                     match tokio::net::TcpListener::bind(&listen).await {
                         Ok(l) => break l,
                         Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -91,10 +121,63 @@ struct Cluster {
     agent: Option<Child>,
     agents_started: u32,
     rt: tokio::runtime::Runtime,
+    /// The agent's own network namespace (replica networking tests); `None`: the host's,
+    /// with `--network none`.
+    netns: Option<TestNetns>,
+}
+
+/// A network namespace made for one test (`ip netns add`), with `lo` up; deleted on drop.
+struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    fn new() -> TestNetns {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ns = TestNetns {
+            name: format!("gantry-test-{}-{n}", std::process::id()),
+        };
+        run_ok("ip", &["netns", "add", &ns.name]);
+        run_ok("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs a command to success; returns its stdout.
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Cluster {
     fn new(with_image: bool) -> Cluster {
+        Cluster::build(with_image, false)
+    }
+
+    /// A cluster whose agent runs in its own network namespace with replica networking on.
+    fn networked() -> Cluster {
+        Cluster::build(true, true)
+    }
+
+    fn build(with_image: bool, networked: bool) -> Cluster {
         let root = if with_image {
             Root::with_sample()
         } else {
@@ -112,9 +195,14 @@ impl Cluster {
             agent: None,
             agents_started: 0,
             rt: rt(),
+            netns: networked.then(TestNetns::new),
         };
         c.start_server(true);
-        c.proxy = Some(Proxy::start(c.proxy_addr.clone(), c.addr.clone()));
+        c.proxy = Some(Proxy::start_in(
+            c.netns.as_ref().map(TestNetns::path),
+            c.proxy_addr.clone(),
+            c.addr.clone(),
+        ));
         c.start_agent(&[]);
         c.wait_node_ready();
         c
@@ -191,7 +279,20 @@ impl Cluster {
                 .join(format!("agent-{}.log", self.agents_started)),
         )
         .unwrap();
-        let mut cmd = self.root.command(&[
+        let mut cmd = match &self.netns {
+            // nsenter execs the agent: the pid stays the one we kill.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.path().display()))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_gantry"))
+                    .arg("--root")
+                    .arg(self.root.path());
+                c
+            }
+            None => self.root.command(&[]),
+        };
+        cmd.args([
             "--server",
             &self.proxy_addr,
             "agent",
@@ -210,6 +311,9 @@ impl Cluster {
             "--stop-grace",
             "1s",
         ]);
+        if self.netns.is_none() {
+            cmd.args(["--network", "none"]);
+        }
         cmd.args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -371,7 +475,34 @@ impl Drop for Cluster {
             p.stop();
         }
         self.stop_server();
-        // `self.root` removes every container when dropped.
+        if self.netns.is_some() {
+            // Containers first (they hold the sandboxes), then the sandboxes' mounts, which
+            // would keep the root from being removed; the namespace guard goes last.
+            remove_all_containers(&self.root);
+            if let Ok(entries) = std::fs::read_dir(self.root.path().join("netns")) {
+                for e in entries.filter_map(Result::ok) {
+                    let _ = Command::new("umount")
+                        .arg(e.path())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        // `self.root` removes every container when dropped; `self.netns` goes with the
+        // agent's bridge and veths.
+    }
+}
+
+fn remove_all_containers(root: &Root) {
+    let out = root.command(&["ps", "-a", "-q"]).output();
+    if let Ok(out) = out {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = root
+                .command(&["rm", "-f", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -839,4 +970,312 @@ fn logs_of_an_unreachable_agent_name_the_node_and_address() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replica networking: the agent in a network namespace of its own, replicas in sandboxes.
+
+const SUBNET: &str = "10.214.7.0/24";
+
+impl Cluster {
+    /// Gives the node its replica subnet, as the control plane's network controller does.
+    fn set_node_subnet(&self, cidr: &str) {
+        let mut c = self.client();
+        for _ in 0..50 {
+            let mut node = self
+                .rt
+                .block_on(c.get(Kind::Node, NODE))
+                .unwrap()
+                .expect("node registered");
+            let mut spec: NodeSpec = node.spec_as().unwrap();
+            spec.replica_cidr = Some(cidr.into());
+            spec.cluster_cidr = Some("10.214.0.0/16".into());
+            spec.service_cidr = Some("10.215.0.0/16".into());
+            node.set_spec(&spec);
+            if self.rt.block_on(c.update(&node)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // a heartbeat won the race
+        }
+        panic!("could not set the node's subnet");
+    }
+
+    fn agent_netns(&self) -> PathBuf {
+        self.netns.as_ref().expect("a networked cluster").path()
+    }
+
+    fn sandbox(&self, replica: &str) -> PathBuf {
+        self.root.path().join("netns").join(replica)
+    }
+
+    fn ipam_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root.path().join("network/ipam"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Waits until the replica runs, ready, with an address; returns its status.
+    fn wait_addressed(&self, name: &str) -> ReplicaStatus {
+        self.wait_status(name, "running with an address", 60, |s| {
+            s.ready && s.replica_ip.is_some() && s.container_id.is_some()
+        })
+    }
+
+    fn pid_of(&self, container: &str) -> i64 {
+        inspect(&self.root, container)["state"]["pid"]
+            .as_i64()
+            .expect("a running container has a pid")
+    }
+}
+
+/// `ip ARGS` in the network namespace file `netns`.
+fn ip_in(netns: &Path, args: &[&str]) -> String {
+    let net = format!("--net={}", netns.display());
+    let mut argv = vec![net.as_str(), "--", "ip"];
+    argv.extend_from_slice(args);
+    run_ok("nsenter", &argv)
+}
+
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// An HTTP GET of `/` at `addr`, made from inside the network namespace file `netns` (on a
+/// thread of its own, which alone changes namespace); returns the status line.
+fn http_from(netns: &Path, addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let ns = std::fs::File::open(netns).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut s =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.lines().next().unwrap_or_default().to_string()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn replica_gets_eth0_in_its_node_subnet_with_only_cluster_and_service_routes() {
+    let c = Cluster::networked();
+
+    // No subnet yet: the replica waits, saying why.
+    c.create_replica("web", serve());
+    let s = c.wait_status("web", "waiting for the network", 30, |s| {
+        s.reason.as_deref() == Some("NetworkNotReady")
+    });
+    assert!(s.message.unwrap().contains("replicaCidr"));
+    assert!(
+        c.containers("web").is_empty(),
+        "nothing starts without a network"
+    );
+
+    // The control plane gives the node its subnet: the replica runs with the first address.
+    c.set_node_subnet(SUBNET);
+    let s = c.wait_addressed("web");
+    assert_eq!(s.replica_ip.as_deref(), Some("10.214.7.2"));
+    let pid = c.pid_of(s.container_id.as_deref().unwrap());
+    let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    assert_eq!(
+        inode(&ns),
+        inode(&c.sandbox("web")),
+        "the container is in its sandbox"
+    );
+
+    // Its namespace: eth0 with the address, lo up, routes for the cluster and service ranges
+    // via the gateway, and no default route.
+    let addrs = ip_in(&ns, &["-o", "-4", "addr", "show"]);
+    assert!(addrs.contains("eth0    inet 10.214.7.2/24"), "{addrs}");
+    assert!(addrs.contains("lo    inet 127.0.0.1/8"), "{addrs}");
+    let routes = ip_in(&ns, &["-4", "route", "show"]);
+    let mut lines: Vec<&str> = routes.lines().map(str::trim).collect();
+    lines.sort();
+    assert_eq!(lines.len(), 3, "{routes}");
+    assert!(
+        lines[0].starts_with("10.214.0.0/16 via 10.214.7.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(lines[1].starts_with("10.214.7.0/24 dev eth0"), "{routes}");
+    assert!(
+        lines[2].starts_with("10.215.0.0/16 via 10.214.7.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(!routes.contains("default"), "{routes}");
+
+    // The node side: the bridge holds the gateway; forwarding is on in the agent's namespace
+    // (and only there).
+    let bridge = ip_in(
+        &c.agent_netns(),
+        &["-o", "-4", "addr", "show", "dev", "gantry0"],
+    );
+    assert!(bridge.contains("10.214.7.1/24"), "{bridge}");
+    let forward = run_ok(
+        "nsenter",
+        &[
+            &format!("--net={}", c.agent_netns().display()),
+            "--",
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward",
+        ],
+    );
+    assert_eq!(forward.trim(), "1");
+
+    // DNS and hosts files, read-only, as the container sees them.
+    let etc = PathBuf::from(format!("/proc/{pid}/root/etc"));
+    assert_eq!(
+        std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
+        "nameserver 10.214.7.1\nsearch gantry.local\noptions ndots:1\n"
+    );
+    let hosts = std::fs::read_to_string(etc.join("hosts")).unwrap();
+    assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
+    assert!(hosts.contains("10.214.7.2\tweb"), "{hosts}");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let resolv = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/etc/resolv.conf"))
+        .expect("resolv.conf is a mount");
+    assert!(
+        resolv.split(' ').nth(5).unwrap().starts_with("ro"),
+        "{resolv}"
+    );
+}
+
+#[test]
+fn two_replicas_on_one_node_share_a_port_and_reach_each_other_by_address() {
+    let c = Cluster::networked();
+    c.set_node_subnet(SUBNET);
+    // Both serve on 8080, each in its own namespace.
+    c.create_replica("a", serve());
+    c.create_replica("b", serve());
+    let a = c.wait_addressed("a").replica_ip.unwrap();
+    let b = c.wait_addressed("b").replica_ip.unwrap();
+    assert_ne!(a, b);
+    let a_addr: std::net::SocketAddr = format!("{a}:8080").parse().unwrap();
+    let b_addr: std::net::SocketAddr = format!("{b}:8080").parse().unwrap();
+    // Across the bridge, both ways.
+    assert!(http_from(&c.sandbox("a"), b_addr).starts_with("HTTP/1."));
+    assert!(http_from(&c.sandbox("b"), a_addr).starts_with("HTTP/1."));
+}
+
+#[test]
+fn replica_address_survives_container_and_agent_restarts() {
+    let mut c = Cluster::networked();
+    c.set_node_subnet(SUBNET);
+    c.create_replica("keep", serve());
+    let first = c.wait_addressed("keep");
+    let ip = first.replica_ip.clone().unwrap();
+    let sandbox_ino = inode(&c.sandbox("keep"));
+
+    // The container killed: restarted in the same sandbox, with the same address.
+    let old = first.container_id.clone().unwrap();
+    kill_pid(c.pid_of(&old));
+    let s = c.wait_status("keep", "restarted", 60, |s| {
+        s.restart_count == 1 && s.ready && s.container_id.as_deref() != Some(old.as_str())
+    });
+    assert_eq!(s.replica_ip.as_deref(), Some(ip.as_str()));
+    let pid = c.pid_of(s.container_id.as_deref().unwrap());
+    assert_eq!(
+        inode(Path::new(&format!("/proc/{pid}/ns/net"))),
+        sandbox_ino
+    );
+
+    // The agent killed and restarted: it re-adopts container and sandbox, address unchanged.
+    Cluster::kill(&mut c.agent);
+    c.start_agent(&[]);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let now = c.status("keep");
+        assert_eq!(now.container_id, s.container_id, "container replaced");
+        assert_eq!(now.replica_ip.as_deref(), Some(ip.as_str()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(inode(&c.sandbox("keep")), sandbox_ino, "sandbox rebuilt");
+
+    // A new replica gets another address: no double allocation after the restart.
+    c.create_replica("fresh", serve());
+    let fresh = c.wait_addressed("fresh").replica_ip.unwrap();
+    assert_ne!(fresh, ip);
+    assert_eq!(c.ipam_files().len(), 2, "{:?}", c.ipam_files());
+}
+
+#[test]
+fn deleted_replica_leaves_no_veth_mount_or_address() {
+    let c = Cluster::networked();
+    c.set_node_subnet(SUBNET);
+    c.create_replica("gone", serve());
+    let ip: std::net::Ipv4Addr = c
+        .wait_addressed("gone")
+        .replica_ip
+        .unwrap()
+        .parse()
+        .unwrap();
+    let veth = format!("gv{:08x}", u32::from(ip));
+    ip_in(&c.agent_netns(), &["link", "show", "dev", &veth]);
+    assert_eq!(c.ipam_files(), vec![ip.to_string()]);
+
+    c.delete_replica("gone");
+    wait_for("the sandbox to be removed", Duration::from_secs(30), || {
+        c.containers("gone").is_empty() && !c.sandbox("gone").exists()
+    });
+    wait_for(
+        "the address to be released",
+        Duration::from_secs(10),
+        || c.ipam_files().is_empty(),
+    );
+    let links = ip_in(&c.agent_netns(), &["-o", "link", "show"]);
+    assert!(!links.contains(&veth), "veth left behind: {links}");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let sandbox = c.sandbox("gone").display().to_string();
+    assert!(!mountinfo.contains(&sandbox), "netns mount left behind");
+    assert!(!c.root.path().join("network/replicas/gone").exists());
+}
+
+#[test]
+fn vanished_sandbox_is_rebuilt_and_the_container_restarted_in_it() {
+    let c = Cluster::networked();
+    c.set_node_subnet(SUBNET);
+    c.create_replica("phoenix", serve());
+    let s = c.wait_addressed("phoenix");
+    let ip = s.replica_ip.clone().unwrap();
+    let old = s.container_id.clone().unwrap();
+
+    // Someone removes the sandbox under the agent's feet.
+    run_ok("umount", &[c.sandbox("phoenix").to_str().unwrap()]);
+    std::fs::remove_file(c.sandbox("phoenix")).unwrap();
+
+    // The agent rebuilds it, with the same address, and restarts the container in it.
+    let s = c.wait_status("phoenix", "restarted in a new sandbox", 60, |s| {
+        s.ready && s.container_id.as_deref().is_some_and(|id| id != old)
+    });
+    assert_eq!(s.replica_ip.as_deref(), Some(ip.as_str()));
+    let pid = c.pid_of(s.container_id.as_deref().unwrap());
+    assert_eq!(
+        inode(Path::new(&format!("/proc/{pid}/ns/net"))),
+        inode(&c.sandbox("phoenix"))
+    );
+    let addrs = ip_in(
+        &c.sandbox("phoenix"),
+        &["-o", "-4", "addr", "show", "dev", "eth0"],
+    );
+    assert!(addrs.contains(&format!("{ip}/24")), "{addrs}");
+
+    // And says so with a Warning event.
+    let mut client = c.client();
+    wait_for("a SandboxChanged event", Duration::from_secs(10), || {
+        let (events, _) = c.rt.block_on(client.list(Kind::Event)).unwrap();
+        events.iter().any(|e| {
+            e.spec_as::<gantry_api::model::EventSpec>()
+                .is_ok_and(|s| s.reason == "SandboxChanged" && s.involved_object.name == "phoenix")
+        })
+    });
 }

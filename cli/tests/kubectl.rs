@@ -273,7 +273,7 @@ fn get_prints_tables_and_whole_objects_with_kubernetes_field_names() {
     let mut lines = table.lines();
     assert_eq!(
         lines.next(),
-        Some("NAME   READY   UP-TO-DATE   AVAILABLE   AGE")
+        Some("NAME   READY   UP-TO-DATE   AVAILABLE   CLUSTER-IP   PORTS    AGE")
     );
     let row = lines.next().expect("a row");
     assert!(row.starts_with("web    0/2   "), "{row}");
@@ -309,6 +309,102 @@ fn get_prints_tables_and_whole_objects_with_kubernetes_field_names() {
         members["items"][0]["status"]["address"],
         cluster.addr.as_str()
     );
+}
+
+#[test]
+fn services_with_ports_show_their_address_and_ports_in_get_and_describe() {
+    let cluster = Cluster::start();
+    let text = "apiVersion: gantry/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
+                replicas: 0\n  template:\n    image: gantry/sample:latest\n    \
+                ports: [{name: http, containerPort: 8080}]\n  \
+                ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]\n";
+    let file = cluster.write("web.yaml", text);
+    cluster.ok(&["apply", "-f", p(&file)]);
+    // The network controller gives it the first address of the default service range.
+    wait_for("web's clusterIP", DEADLINE, || {
+        cluster
+            .get(Kind::Service, "web")
+            .is_some_and(|s| s.status["clusterIP"].is_string())
+    });
+    let table = cluster.ok(&["get", "svc"]);
+    let row = table.lines().nth(1).expect("a row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[..6],
+        ["web", "0/0", "0", "0", "10.215.0.2", "80:30080/TCP"],
+        "{table}"
+    );
+    let text = cluster.ok(&["describe", "service", "web"]);
+    assert!(
+        text.contains("Cluster IP:") && text.contains("10.215.0.2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http 80/TCP -> http, nodePort 30080"),
+        "{text}"
+    );
+    assert!(text.contains("Network error:"), "{text}");
+
+    // A node gets its replica subnet, shown by `get nodes -o wide` and `describe node`.
+    cluster.with_client(async |c: &mut Client| {
+        let mut node = Object::new(Kind::Node, "n1");
+        node.spec = serde_json::json!({"address": "127.0.0.1:7100"});
+        c.create(&node).await.expect("create node");
+    });
+    wait_for("n1's subnet", DEADLINE, || {
+        cluster
+            .get(Kind::Node, "n1")
+            .is_some_and(|n| n.spec["replicaCidr"].is_string())
+    });
+    let wide = cluster.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().ends_with("SUBNET"), "{wide}");
+    assert!(wide.contains("10.214.0.0/24"), "{wide}");
+    let text = cluster.ok(&["describe", "node", "n1"]);
+    assert!(text.contains("10.214.0.0/24"), "{text}");
+}
+
+#[test]
+fn server_refuses_unusable_address_ranges_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gantry"));
+        cmd.args([
+            "server",
+            "--name",
+            "s1",
+            "--init",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(extra);
+        run_with_deadline(cmd, Duration::from_secs(30))
+    };
+    let out = run(&["--cluster-cidr", "10.0.0.0/8"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "gantry: --cluster-cidr 10.0.0.0/8 and --service-cidr 10.215.0.0/16 overlap: replica \
+         and service addresses must be distinct\n"
+    );
+    let out = run(&["--node-cidr-size", "31"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--node-cidr-size 31 leaves 2 addresses per node"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--cluster-cidr", "10.214.0.0/24", "--node-cidr-size", "24"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--node-cidr-size 24 must be longer"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing was written.
+    assert!(!data.exists());
 }
 
 #[test]

@@ -140,6 +140,19 @@ async fn fleet(addr: &str, nodes: &[(&str, serde_json::Value)]) -> Fleet {
         });
         create(&mut c, &o).await;
     }
+    // The network controller gives each node its replica subnet; until then the scheduler
+    // would explain "no replica subnet", which is not what these tests look at.
+    wait_for("every node to have a replica subnet", || {
+        let mut c = c.clone();
+        async move {
+            let all = list(&mut c, Kind::Node).await;
+            all.iter()
+                .filter(|n| nodes.iter().any(|(name, _)| *name == n.metadata.name))
+                .all(|n| n.spec["replicaCidr"].is_string())
+                .then_some(())
+        }
+    })
+    .await;
     let alive = Arc::new(Mutex::new(
         nodes
             .iter()
@@ -515,6 +528,98 @@ async fn controllers_resume_on_a_new_leader_without_duplicate_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn service_and_network_controllers_do_not_clobber_each_others_status_fields() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let m = one_member(root.path()).await;
+    let mut c = m.client().await;
+    let nodes = [("n1", serde_json::json!({})), ("n2", serde_json::json!({}))];
+    let _fleet = fleet(&m.addr, &nodes).await;
+
+    // "api" publishes node port 30080; "web" (younger, declaring it too) gets a clusterIP and
+    // a networkError from the network controller while the service controller rewrites its
+    // replica counts again and again as the fake agent marks replicas ready.
+    let ports = serde_json::json!({"ports": [{"port": 80, "nodePort": 30080}]});
+    create(&mut c, &service("api", 0, ports.clone())).await;
+    wait_for("api's clusterIP", || {
+        let mut c = c.clone();
+        async move {
+            let st: ServiceStatus = get(&mut c, Kind::Service, "api").await?.status_as().ok()?;
+            st.cluster_ip
+        }
+    })
+    .await;
+    create(&mut c, &service("web", 4, ports)).await;
+    let first = wait_for("web's clusterIP", || {
+        let mut c = c.clone();
+        async move {
+            let st: ServiceStatus = get(&mut c, Kind::Service, "web").await?.status_as().ok()?;
+            st.cluster_ip
+        }
+    })
+    .await;
+    wait_ready(&mut c, "web", 4).await;
+
+    // Both sets of fields are there at the end, the address unchanged throughout.
+    let st: ServiceStatus = get(&mut c, Kind::Service, "web")
+        .await
+        .unwrap()
+        .status_as()
+        .unwrap();
+    assert_eq!((st.ready_replicas, st.replicas), (4, 4));
+    assert_eq!(st.cluster_ip.as_deref(), Some(first.as_str()));
+    assert_eq!(
+        st.network_error.as_deref(),
+        Some("nodePort 30080/TCP is already published by service \"api\"")
+    );
+
+    // A scale-down makes the service controller write again: the address stays.
+    modify(&mut c, Kind::Service, "web", |s| {
+        s.spec["replicas"] = 2.into()
+    })
+    .await;
+    wait_ready(&mut c, "web", 2).await;
+    let st: ServiceStatus = get(&mut c, Kind::Service, "web")
+        .await
+        .unwrap()
+        .status_as()
+        .unwrap();
+    assert_eq!(st.cluster_ip.as_deref(), Some(first.as_str()));
+    assert!(st.network_error.is_some());
+
+    // Every stored version of web since it got its address still has it (and, once reported,
+    // the error): neither controller ever wrote over the other's fields, not even for a
+    // moment that the network controller would then repair.
+    let (history, _) = m.handle.store.watch(0).expect("history");
+    let (mut had_ip, mut had_error, mut later_writes) = (false, false, 0);
+    for change in history
+        .iter()
+        .filter(|ch| ch.object.kind == "Service" && ch.object.name == "web")
+    {
+        let o = Object::from_json(change.object.json.as_bytes()).unwrap();
+        let st: ServiceStatus = o.status_as().unwrap();
+        if had_ip {
+            assert_eq!(
+                st.cluster_ip.as_deref(),
+                Some(first.as_str()),
+                "revision {}",
+                change.revision
+            );
+            later_writes += 1;
+        }
+        if had_error {
+            assert!(st.network_error.is_some(), "revision {}", change.revision);
+        }
+        had_ip |= st.cluster_ip.is_some();
+        had_error |= st.network_error.is_some();
+    }
+    assert!(
+        later_writes >= 3,
+        "the service controller wrote web's status after its address: {later_writes} writes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batched_writes_check_each_object_alone_through_raft() {
     use gantry_control_plane::controllers::writer::{Outcome, Writer};
     init_tracing();
@@ -588,7 +693,8 @@ async fn scheduler_end_to_end_figures() {
     let mut objects = Vec::new();
     for i in 0..1000 {
         let mut o = Object::new(Kind::Node, format!("node-{i:04}"));
-        o.spec = serde_json::json!({"capacity": {"cpu": "64", "memory": "256Gi", "replicas": 110}});
+        o.spec = serde_json::json!({"capacity": {"cpu": "64", "memory": "256Gi", "replicas": 110},
+            "replicaCidr": format!("10.{}.{}.0/24", 100 + i / 256, i % 256)});
         o.status = serde_json::json!({"ready": true});
         objects.push(o);
     }

@@ -1,10 +1,13 @@
 //! [`run`]: one node agent, from registration to shutdown. Wires the tasks together:
 //! heartbeat ([`crate::node`]), replica watch ([`crate::watcher`]), reconcile loop
 //! ([`crate::reconciler`]), status write-back ([`crate::status`]), events
-//! ([`crate::recorder`]) and the agent's own gRPC service ([`crate::server`]).
+//! ([`crate::recorder`]), replica networking ([`crate::network`]) and the agent's own gRPC
+//! service ([`crate::server`]).
 
-use crate::config::AgentConfig;
-use crate::reconciler::Reconciler;
+use crate::config::{AgentConfig, NetworkMode};
+use crate::network::node_network::NodeNetworkConfig;
+use crate::network::{NetworkWatch, Sandboxes};
+use crate::reconciler::{Reconciler, ReplicaNetworking};
 use crate::watcher::{Desired, SharedDesired};
 use crate::{node, recorder, server, status, watcher, AgentError};
 use gantry_api::client::Client;
@@ -65,11 +68,25 @@ pub async fn run(
         runtime = runtime.with_shim_program(p);
     }
 
+    let sandboxes = match config.network {
+        NetworkMode::Bridge => {
+            crate::network::validate_bridge_name(&config.bridge)
+                .map_err(|e| AgentError::Config(format!("--bridge: {e}")))?;
+            let root = config.root.clone();
+            let opened = tokio::task::spawn_blocking(move || Sandboxes::open(&root))
+                .await
+                .map_err(|e| AgentError::Config(e.to_string()))?;
+            Some(opened.map_err(|e| AgentError::Config(format!("replica networking: {e}")))?)
+        }
+        NetworkMode::None => None,
+    };
+
     let client = connect(&config, &shutdown).await?;
     let mut reg_client = client.clone();
     node::register(&config, &mut reg_client, &shutdown).await?;
 
     let tracker = TaskTracker::new();
+    let mut replica_networking: Option<ReplicaNetworking> = None;
     let desired: SharedDesired = Arc::new(Mutex::new(Desired::default()));
     let wake = Arc::new(Notify::new());
     let (status_writer, status_task) =
@@ -93,7 +110,49 @@ pub async fn run(
         wake.clone(),
         shutdown.clone(),
     ));
-    let reconciler = Reconciler::new(
+    // Replica networking: the node network (bridge, routes) and the replicas' sandboxes.
+    let network: Option<NetworkWatch> = sandboxes
+        .map(|sandboxes| {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            tracker.spawn(crate::network::watch_node_network(
+                NodeNetworkConfig {
+                    node: config.name.clone(),
+                    bridge: config.bridge.clone(),
+                    advertise: config.advertise.clone(),
+                    resync: config.resync,
+                },
+                client.clone(),
+                tx,
+                shutdown.clone(),
+            ));
+            // A new node network (set up, or its subnet changed) wakes the reconciler at once.
+            let (mut changes, wake) = (rx.clone(), wake.clone());
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = changes.changed() => if r.is_err() { return },
+                    }
+                    wake.notify_one();
+                }
+            });
+            (rx, sandboxes)
+        })
+        .map(|(rx, sandboxes)| {
+            replica_networking = Some(ReplicaNetworking {
+                node: rx.clone(),
+                sandboxes,
+            });
+            rx
+        });
+
+    // Service addresses, node ports and DNS, once the node network is up.
+    if let Some(network) = &network {
+        tracker.spawn(run_proxy(network.clone(), client.clone(), shutdown.clone()));
+    }
+
+    let mut reconciler = Reconciler::new(
         config.clone(),
         runtime.clone(),
         desired.clone(),
@@ -101,6 +160,9 @@ pub async fn run(
         status_writer,
         recorder,
     );
+    if let Some(n) = replica_networking {
+        reconciler = reconciler.with_network(n);
+    }
     tracker.spawn(reconciler.run(shutdown.clone()));
     if let Some(listener) = listener {
         tracker.spawn(server::serve(
@@ -121,4 +183,47 @@ pub async fn run(
     }
     tracing::info!(node = %config.name, "agent stopped; containers left running");
     Ok(())
+}
+
+/// Runs the service proxy and DNS server ([`crate::proxy`]) for the current node network,
+/// restarting them when it changes (a new subnet or bridge) and retrying with back-off when
+/// they cannot start (nft missing, the DNS address not bindable): replicas keep running
+/// meanwhile, only service addresses and names wait.
+async fn run_proxy(mut network: NetworkWatch, client: Client, shutdown: CancellationToken) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let current = network.borrow_and_update().clone();
+        let Some(net) = current else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = network.changed() => if r.is_err() { return },
+            }
+            continue;
+        };
+        let stop = shutdown.child_token();
+        let config = crate::proxy::ProxyConfig::new(net.bridge.clone(), net.subnet, net.gateway);
+        let proxy = crate::proxy::run(config, client.clone(), stop.clone());
+        tokio::pin!(proxy);
+        let outcome = tokio::select! {
+            r = &mut proxy => Some(r),
+            r = network.changed() => {
+                stop.cancel();
+                let _ = proxy.await;
+                if r.is_err() { return }
+                None
+            }
+        };
+        match outcome {
+            Some(Ok(())) => return,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, retry_in = ?pause, "service proxy cannot start; service addresses and names are not served");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            None => pause = Duration::from_secs(1),
+        }
+    }
 }

@@ -5,6 +5,18 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How replicas are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// Each replica gets an address of the node's subnet on a bridge, in a sandbox network
+    /// namespace (see [`crate::network`]).
+    #[default]
+    Bridge,
+    /// Each container gets a private network namespace with only `lo` (agents sharing the
+    /// host's network namespace, e.g. `gantry cluster up --no-netns`).
+    None,
+}
+
 /// The configuration of one node agent.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -45,11 +57,15 @@ pub struct AgentConfig {
     pub max_parallel_stops: usize,
     /// Grace period between SIGTERM and SIGKILL when stopping a container.
     pub stop_grace: Duration,
+    /// How replicas are networked.
+    pub network: NetworkMode,
+    /// The node bridge's name (with [`NetworkMode::Bridge`]).
+    pub bridge: String,
 }
 
 impl AgentConfig {
     /// A configuration with Kubernetes-like defaults: heartbeat 1 s, lease 4 heartbeats,
-    /// resync 10 s, back-off 10 s doubling to 5 min.
+    /// resync 10 s, back-off 10 s doubling to 5 min, bridge networking on `gantry0`.
     pub fn new(name: impl Into<String>, servers: Vec<String>, root: impl Into<PathBuf>) -> Self {
         AgentConfig {
             name: name.into(),
@@ -70,6 +86,8 @@ impl AgentConfig {
             max_parallel_ops: 4,
             max_parallel_stops: 64,
             stop_grace: Duration::from_secs(10),
+            network: NetworkMode::Bridge,
+            bridge: "gantry0".into(),
         }
     }
 }

@@ -12,8 +12,11 @@
 //! - [`probes`]: startup, liveness and readiness probes.
 //! - [`status`]: batched, compare-and-swap status write-back.
 //! - [`recorder`]: folded Event objects.
+//! - [`network`]: replica networking: node bridge, routes to other nodes, per-replica
+//!   sandbox namespaces, addresses, `resolv.conf`/`hosts`.
 //! - [`server`]: the agent's gRPC service (logs, exec).
 //! - [`client`]: [`client::AgentClient`], the caller's side of that service.
+//! - [`proxy`]: service virtual addresses and nodePorts (nftables DNAT) and service DNS.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -21,8 +24,10 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 mod error;
+pub mod network;
 pub mod node;
 pub mod probes;
+pub mod proxy;
 pub mod reconciler;
 pub mod recorder;
 pub mod server;
@@ -30,5 +35,5 @@ pub mod status;
 pub mod watcher;
 
 pub use agent::run;
-pub use config::AgentConfig;
+pub use config::{AgentConfig, NetworkMode};
 pub use error::AgentError;

@@ -13,9 +13,15 @@
 //!   replica's status), so it survives agent restarts.
 //! - Status is computed every pass but sent to the writer only when it differs from the
 //!   stored one.
+//! - With replica networking on, a replica's sandbox (namespace, address) is made before its
+//!   first container and removed only after its last container is gone; a container is never
+//!   started before the node has its subnet (`NetworkNotReady`), and a running container
+//!   whose sandbox vanished is restarted in a rebuilt one (`SandboxChanged`).
 
 use crate::backoff;
 use crate::config::AgentConfig;
+use crate::network::sandbox::SandboxSnapshot;
+use crate::network::{NetworkError, NetworkWatch, NodeNetwork, Sandboxes};
 use crate::probes::{self, Probes};
 use crate::recorder::Recorder;
 use crate::status::StatusWriter;
@@ -26,6 +32,7 @@ use gantry_api::model::{
 };
 use gantry_api::objects::Object;
 use gantry_runtime::cgroups::{CpuQuota, Resources};
+use gantry_runtime::container::spec::{BindMount, Network};
 use gantry_runtime::container::state::Status;
 use gantry_runtime::container::{ContainerError, ContainerInfo, RunOptions, Runtime};
 use gantry_runtime::images::ImageError;
@@ -87,11 +94,65 @@ enum OpResult {
     ImageMissing {
         message: String,
     },
+    /// The replica cannot start yet for a reason shown as its status (AddressExhausted).
+    Waiting {
+        reason: String,
+        message: String,
+    },
     Done,
     Failed {
         message: String,
     },
 }
+
+/// Replica networking as the reconciler uses it.
+#[derive(Debug, Clone)]
+pub struct ReplicaNetworking {
+    /// The node network, `None` until set up.
+    pub node: NetworkWatch,
+    /// The sandboxes under the agent's root.
+    pub sandboxes: Sandboxes,
+}
+
+/// What one pass knows of replica networking.
+#[derive(Debug, Clone)]
+struct NetView {
+    node: Option<NodeNetwork>,
+    snapshot: SandboxSnapshot,
+    /// Network namespace inode of running containers, by container id.
+    container_inodes: HashMap<String, u64>,
+}
+
+/// Networking as it concerns one replica in one pass.
+#[derive(Debug, Clone)]
+enum ReplicaNet {
+    /// `--network none`: private namespaces with `lo` only.
+    Off,
+    /// The node has no subnet yet.
+    NotReady,
+    /// The node network is up.
+    Ready {
+        node: NodeNetwork,
+        sandboxes: Sandboxes,
+        sandbox_inode: Option<u64>,
+    },
+}
+
+impl ReplicaNet {
+    fn for_start(&self) -> Option<(Sandboxes, NodeNetwork)> {
+        match self {
+            ReplicaNet::Ready {
+                node, sandboxes, ..
+            } => Some((sandboxes.clone(), node.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// The status reason while the node has no subnet.
+pub const REASON_NETWORK_NOT_READY: &str = "NetworkNotReady";
+/// The status reason when the node subnet has no free address.
+pub const REASON_ADDRESS_EXHAUSTED: &str = "AddressExhausted";
 
 /// One agent's reconcile loop.
 pub struct Reconciler {
@@ -107,6 +168,7 @@ pub struct Reconciler {
     stops: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<(String, OpResult)>,
     done_rx: mpsc::UnboundedReceiver<(String, OpResult)>,
+    network: Option<ReplicaNetworking>,
 }
 
 impl Reconciler {
@@ -135,7 +197,14 @@ impl Reconciler {
             stops,
             done_tx,
             done_rx,
+            network: None,
         }
+    }
+
+    /// Gives replicas sandboxed networking (without it, containers get `lo` only).
+    pub fn with_network(mut self, network: ReplicaNetworking) -> Self {
+        self.network = Some(network);
+        self
     }
 
     /// Runs until `shutdown`; containers are left running.
@@ -201,6 +270,15 @@ impl Reconciler {
                 t.waiting = Some(("ImageNotFound".into(), message));
                 t.retry_at = Some(Instant::now() + self.config.resync);
             }
+            OpResult::Waiting { reason, message } => {
+                if t.waiting.as_ref().is_none_or(|(r, _)| *r != reason) {
+                    tracing::warn!(replica = %name, reason = %reason, error = %message, "replica cannot start yet");
+                }
+                self.recorder
+                    .replica(name, EventType::Warning, &reason, &message);
+                t.waiting = Some((reason, message));
+                t.retry_at = Some(Instant::now() + self.config.resync);
+            }
             OpResult::Done => {}
             OpResult::Failed { message } => {
                 tracing::warn!(replica = %name, error = %message, "container operation failed");
@@ -250,9 +328,17 @@ impl Reconciler {
     async fn pass(&mut self, full: bool) -> Result<(), ContainerError> {
         let rt = self.runtime.clone();
         let node = self.config.name.clone();
-        let containers = tokio::task::spawn_blocking(move || rt.list())
-            .await
-            .map_err(|e| ContainerError::Other(e.to_string()))??;
+        let net = self.network.clone();
+        let (containers, net_view) = tokio::task::spawn_blocking(move || {
+            let containers = rt.list()?;
+            let view = match net {
+                Some(n) => Some(net_view(&n, &containers)?),
+                None => None,
+            };
+            Ok::<_, ContainerError>((containers, view))
+        })
+        .await
+        .map_err(|e| ContainerError::Other(e.to_string()))??;
         let mut actual: BTreeMap<String, Vec<ContainerInfo>> = BTreeMap::new();
         for c in containers {
             let labels = &c.spec.labels;
@@ -281,7 +367,30 @@ impl Reconciler {
                 tracing::info!(replica = %name, containers = ids.len(), "replica gone from this node; removing its containers");
                 self.tracked.remove(name);
                 let grace = self.config.stop_grace;
-                self.spawn_op(name, OpKind::Stop, move |rt| remove_all(rt, &ids, grace));
+                let sandboxes = self.network.as_ref().map(|n| n.sandboxes.clone());
+                let replica = name.clone();
+                self.spawn_op(name, OpKind::Stop, move |rt| {
+                    match (remove_all(rt, &ids, grace), sandboxes) {
+                        (OpResult::Done, Some(sb)) => teardown(&sb, &replica),
+                        (r, _) => r,
+                    }
+                });
+            }
+            // Sandboxes and addresses of replicas with no container left (deleted while this
+            // agent was down, or whose containers were removed by hand).
+            let sandboxes = self.network.as_ref().map(|n| n.sandboxes.clone());
+            if let (Some(view), Some(sandboxes)) = (&net_view, sandboxes) {
+                for name in view.snapshot.replicas() {
+                    if desired.contains_key(&name)
+                        || actual.contains_key(&name)
+                        || self.in_flight.contains(&name)
+                    {
+                        continue;
+                    }
+                    tracing::info!(replica = %name, "replica gone from this node; removing its sandbox");
+                    let (sandboxes, replica) = (sandboxes.clone(), name.clone());
+                    self.spawn_op(&name, OpKind::Stop, move |_| teardown(&sandboxes, &replica));
+                }
             }
             self.tracked
                 .retain(|name, _| desired.contains_key(name) || actual.contains_key(name));
@@ -299,10 +408,29 @@ impl Reconciler {
                 }
             };
             let list = actual.remove(name).unwrap_or_default();
-            let status = self.reconcile_one(name, obj, &spec, list, full);
+            let rnet = match (&net_view, &self.network) {
+                (Some(view), Some(n)) => match &view.node {
+                    Some(node) => ReplicaNet::Ready {
+                        node: node.clone(),
+                        sandboxes: n.sandboxes.clone(),
+                        sandbox_inode: view.snapshot.netns_inodes.get(name).copied(),
+                    },
+                    None => ReplicaNet::NotReady,
+                },
+                _ => ReplicaNet::Off,
+            };
+            let container_inode = list.last().and_then(|c| {
+                net_view
+                    .as_ref()
+                    .and_then(|v| v.container_inodes.get(&c.spec.id).copied())
+            });
+            let status = self.reconcile_one(name, obj, &spec, list, full, &rnet, container_inode);
             if let Some(mut status) = status {
                 let stored: ReplicaStatus = obj.status_as().unwrap_or_default();
-                status.replica_ip = stored.replica_ip.clone();
+                status.replica_ip = match &net_view {
+                    Some(view) => view.snapshot.addresses.get(name).map(|a| a.to_string()),
+                    None => stored.replica_ip.clone(),
+                };
                 if status != stored {
                     self.status.send(name, status);
                 }
@@ -312,6 +440,7 @@ impl Reconciler {
     }
 
     /// Decides what replica `name` needs; returns its status (None while an operation runs).
+    #[allow(clippy::too_many_arguments)]
     fn reconcile_one(
         &mut self,
         name: &str,
@@ -319,6 +448,8 @@ impl Reconciler {
         spec: &ReplicaSpec,
         list: Vec<ContainerInfo>,
         full: bool,
+        rnet: &ReplicaNet,
+        container_inode: Option<u64>,
     ) -> Option<ReplicaStatus> {
         let hash = template_hash(spec);
         let now = Instant::now();
@@ -356,6 +487,11 @@ impl Reconciler {
 
         let Some(cur) = current else {
             t.probes = None;
+            if matches!(rnet, ReplicaNet::NotReady) {
+                status.reason = Some(REASON_NETWORK_NOT_READY.into());
+                status.message = Some(network_not_ready(&config.name));
+                return Some(status);
+            }
             // Nothing runs: start one, unless waiting for an image or a retry.
             if let (Some(at), false) = (t.retry_at, full) {
                 if now < at {
@@ -373,8 +509,9 @@ impl Reconciler {
                 status.reason = Some(reason.clone());
                 status.message = Some(message.clone());
             }
+            let net = rnet.for_start();
             self.spawn_op(name, OpKind::Start, move |rt| {
-                start(rt, &node, &replica, &template, &hash, restart)
+                start(rt, &node, &replica, &template, &hash, restart, net)
             });
             return Some(status);
         };
@@ -407,6 +544,52 @@ impl Reconciler {
         }
 
         if running {
+            if let ReplicaNet::Ready {
+                node: net,
+                sandboxes,
+                sandbox_inode,
+            } = rnet
+            {
+                let joined = matches!(cur.spec.network, Network::Join { .. });
+                let lost = sandbox_inode.is_none()
+                    || (container_inode.is_some() && container_inode != *sandbox_inode);
+                if joined && lost {
+                    let message = format!(
+                        "network sandbox of replica {name} vanished; rebuilding it and \
+                         restarting container {} in it",
+                        &cur_id[..12.min(cur_id.len())]
+                    );
+                    tracing::warn!(replica = %name, container = %cur_id, "sandbox vanished; rebuilding");
+                    self.recorder
+                        .replica(name, EventType::Warning, "SandboxChanged", &message);
+                    t.probes = None;
+                    let next = t.restart_count + 1;
+                    let (sandboxes, net) = (sandboxes.clone(), net.clone());
+                    let template = spec.template.clone();
+                    let (node, replica) = (config.name.clone(), name.to_string());
+                    let grace = config.stop_grace;
+                    self.spawn_op(name, OpKind::Start, move |rt| {
+                        if let Err(e) = rt.stop(&cur_id, grace) {
+                            return OpResult::Failed {
+                                message: format!("stop {cur_id}: {e}"),
+                            };
+                        }
+                        if let Err(e) = sandboxes.rebuild(&replica, &net) {
+                            return network_failure(&replica, e);
+                        }
+                        start(
+                            rt,
+                            &node,
+                            &replica,
+                            &template,
+                            &hash,
+                            next,
+                            Some((sandboxes, net)),
+                        )
+                    });
+                    return None;
+                }
+            }
             let started_ms = state.as_ref().map_or(0, |s| s.started_ms);
             status.phase = Phase::Running;
             status.start_time = Some(format_rfc3339(started_ms / 1000));
@@ -499,13 +682,14 @@ impl Reconciler {
         status.last_exit_code = Some(code);
         if restart {
             let until = t.backoff_until.unwrap_or(now);
-            if now >= until {
+            if now >= until && !matches!(rnet, ReplicaNet::NotReady) {
                 let next = t.restart_count + 1;
                 let template = spec.template.clone();
                 let (node, replica) = (config.name.clone(), name.to_string());
                 tracing::info!(replica = %name, restart_count = next, "restarting container");
+                let net = rnet.for_start();
                 self.spawn_op(name, OpKind::Start, move |rt| {
-                    start(rt, &node, &replica, &template, &hash, next)
+                    start(rt, &node, &replica, &template, &hash, next, net)
                 });
             }
             status.phase = Phase::Running;
@@ -613,6 +797,81 @@ pub fn run_options(
     }
 }
 
+/// Reads what the pass needs of replica networking (blocking).
+fn net_view(
+    n: &ReplicaNetworking,
+    containers: &[ContainerInfo],
+) -> Result<NetView, ContainerError> {
+    use std::os::unix::fs::MetadataExt;
+    let snapshot = n
+        .sandboxes
+        .snapshot()
+        .map_err(|e| ContainerError::Other(format!("replica networking: {e}")))?;
+    let container_inodes = containers
+        .iter()
+        .filter(|c| c.is_running() && matches!(c.spec.network, Network::Join { .. }))
+        .filter_map(|c| {
+            let pid = c.state.as_ref()?.pid;
+            let meta = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+            Some((c.spec.id.clone(), meta.ino()))
+        })
+        .collect();
+    Ok(NetView {
+        node: n.node.borrow().clone(),
+        snapshot,
+        container_inodes,
+    })
+}
+
+fn network_not_ready(node: &str) -> String {
+    format!(
+        "node {node} has no replica subnet yet: waiting for the control plane to set its \
+         spec.replicaCidr"
+    )
+}
+
+fn network_failure(replica: &str, e: NetworkError) -> OpResult {
+    match e {
+        NetworkError::Exhausted { .. } => OpResult::Waiting {
+            reason: REASON_ADDRESS_EXHAUSTED.into(),
+            message: format!("cannot address replica {replica}: {e}"),
+        },
+        e => OpResult::StartFailed {
+            id: None,
+            code: 125,
+            message: format!("network sandbox of replica {replica}: {e}"),
+        },
+    }
+}
+
+fn teardown(sandboxes: &Sandboxes, replica: &str) -> OpResult {
+    match sandboxes.teardown(replica) {
+        Ok(()) => OpResult::Done,
+        Err(e) => OpResult::Failed {
+            message: format!("remove network sandbox of replica {replica}: {e}"),
+        },
+    }
+}
+
+/// Points the container at its replica's sandbox: join its namespace, see its
+/// `resolv.conf` and `hosts`.
+pub fn with_sandbox(mut opts: RunOptions, sandbox: &crate::network::Sandbox) -> RunOptions {
+    opts.network = Network::Join {
+        path: sandbox.netns.clone(),
+    };
+    opts.mounts = vec![
+        BindMount {
+            source: sandbox.resolv_conf.clone(),
+            destination: "/etc/resolv.conf".into(),
+        },
+        BindMount {
+            source: sandbox.hosts.clone(),
+            destination: "/etc/hosts".into(),
+        },
+    ];
+    opts
+}
+
 fn start(
     rt: &Runtime,
     node: &str,
@@ -620,8 +879,15 @@ fn start(
     template: &ContainerTemplate,
     hash: &str,
     restart: u32,
+    net: Option<(Sandboxes, NodeNetwork)>,
 ) -> OpResult {
-    let opts = run_options(node, replica, template, hash, restart);
+    let mut opts = run_options(node, replica, template, hash, restart);
+    if let Some((sandboxes, node_net)) = net {
+        match sandboxes.ensure(replica, &node_net) {
+            Ok(sb) => opts = with_sandbox(opts, &sb),
+            Err(e) => return network_failure(replica, e),
+        }
+    }
     let spec = match rt.create(&opts) {
         Ok(s) => s,
         Err(ContainerError::Image(ImageError::NotFound(_))) => {

@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gantry_runtime::container::spec::BindMount;
 use gantry_runtime::container::{net, rootfs, security};
 
 const CHILD_ENV: &str = "GANTRY_ROOTFS_TEST_CHILD";
@@ -110,13 +111,13 @@ fn container_init() -> Result<std::convert::Infallible, String> {
             0,
         )
     };
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET,
-    )
-    .map_err(|e| format!("unshare: {e}"))?;
+    // As the real init: a container joining a network namespace gets none of its own.
+    let netns = env("GANTRY_TEST_NETNS")?;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if netns.is_empty() {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(|e| format!("unshare: {e}"))?;
 
     let lower: Vec<PathBuf> = env("GANTRY_TEST_LOWER")?
         .lines()
@@ -129,13 +130,27 @@ fn container_init() -> Result<std::convert::Infallible, String> {
     let script = env("GANTRY_TEST_SCRIPT")?;
     let readonly = env("GANTRY_TEST_READONLY")? == "1";
 
-    net::bring_up_loopback().map_err(|e| e.to_string())?;
+    let mounts: Vec<BindMount> = env("GANTRY_TEST_MOUNTS")?
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(src, dst)| BindMount {
+            source: PathBuf::from(src),
+            destination: PathBuf::from(dst),
+        })
+        .collect();
+
+    if netns.is_empty() {
+        net::bring_up_loopback().map_err(|e| e.to_string())?;
+    } else {
+        net::join_netns(Path::new(&netns)).map_err(|e| e.to_string())?;
+    }
     rootfs::enter_rootfs(&rootfs::RootfsSpec {
         lower_dirs: &lower,
         upper_dir: &upper,
         work_dir: &work,
         target: &target,
         readonly_rootfs: readonly,
+        mounts: &mounts,
     })
     .map_err(|e| e.to_string())?;
     nix::unistd::sethostname(HOSTNAME).map_err(|e| format!("sethostname: {e}"))?;
@@ -183,6 +198,10 @@ struct Case<'a> {
     cap_add: &'a str,
     /// Changes to the base layer before the container starts.
     tweak_base: fn(&Path),
+    /// A network namespace file to join instead of a private namespace.
+    netns: Option<PathBuf>,
+    /// Read-only bind mounts: (content of a host file written for the test, destination).
+    mounts: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Case<'a> {
@@ -193,6 +212,8 @@ impl<'a> Case<'a> {
             readonly: false,
             cap_add: "",
             tweak_base: |_| {},
+            netns: None,
+            mounts: Vec::new(),
         }
     }
 }
@@ -302,6 +323,16 @@ fn run(case: Case) -> Outcome {
     let stdout_path = dir.path().join("stdout");
     let stderr_path = dir.path().join("stderr");
     let lower_env: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    let mounts_env: Vec<String> = case
+        .mounts
+        .iter()
+        .enumerate()
+        .map(|(i, (content, dest))| {
+            let host = dir.path().join(format!("mount-{i}"));
+            fs::write(&host, content).unwrap();
+            format!("{}\t{dest}", host.display())
+        })
+        .collect();
 
     let mut child = Command::new(std::env::current_exe().unwrap())
         // Never reached when the constructor works; if it does not, libtest runs no test and
@@ -314,6 +345,11 @@ fn run(case: Case) -> Outcome {
         .env("GANTRY_TEST_TARGET", &target)
         .env("GANTRY_TEST_USER", case.user)
         .env("GANTRY_TEST_CAP_ADD", case.cap_add)
+        .env(
+            "GANTRY_TEST_NETNS",
+            case.netns.as_deref().unwrap_or(Path::new("")),
+        )
+        .env("GANTRY_TEST_MOUNTS", mounts_env.join("\n"))
         .env(
             "GANTRY_TEST_SCRIPT",
             case.script
@@ -727,4 +763,125 @@ fn image_symlink_at_a_mount_point_is_refused() {
             .contains("is a symlink; refusing to mount over it"),
         "{out:?}"
     );
+}
+
+/// A named network namespace (`ip netns add`) holding a veth pair, deleted on drop.
+struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    fn new() -> TestNetns {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("gantry-test-rt{}-{n}", std::process::id());
+        let ns = TestNetns { name };
+        ns.ip(&["netns", "add", &ns.name]);
+        ns.ip(&[
+            "-n", &ns.name, "link", "add", "gtprobe0", "type", "veth", "peer", "name", "gtprobe1",
+        ]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn container_joining_a_netns_sees_its_interfaces() {
+    require_environment();
+    let ns = TestNetns::new();
+    let mut case = Case::new(
+        "echo netdev=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '); \
+         echo ifaces=$(ls /sys/class/net | sort | tr '\\n' ' ')",
+    );
+    case.netns = Some(ns.path());
+    let out = run(case);
+    out.assert_success();
+    // The namespace's own interfaces, not a fresh namespace with only lo.
+    assert_eq!(
+        out.value("netdev").trim(),
+        "gtprobe0 gtprobe1 lo",
+        "{out:?}"
+    );
+    assert_eq!(
+        out.value("ifaces").trim(),
+        "gtprobe0 gtprobe1 lo",
+        "{out:?}"
+    );
+}
+
+#[test]
+fn joining_a_missing_netns_fails_the_start_naming_it() {
+    let mut case = Case::new("echo started=yes");
+    case.netns = Some(PathBuf::from("/run/netns/gantry-test-surely-missing"));
+    let out = run(case);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("gantry-test-surely-missing"), "{out:?}");
+}
+
+#[test]
+fn bind_mounted_resolv_conf_is_visible_and_read_only() {
+    // The image has /etc but no resolv.conf or hosts: both are created, then covered.
+    let mut case = Case::new(
+        "echo resolv=$(cat /etc/resolv.conf | tr '\\n' ';'); echo hosts=$(cat /etc/hosts); \
+         echo x >> /etc/resolv.conf 2>&1; echo write=$?; \
+         echo mode=$(grep ' /etc/resolv.conf ' /proc/self/mountinfo | cut -d' ' -f6 | cut -d, -f1)",
+    );
+    case.mounts = vec![
+        (
+            "nameserver 10.214.0.1\nsearch gantry.local\n",
+            "/etc/resolv.conf",
+        ),
+        ("127.0.0.1 localhost\n", "/etc/hosts"),
+    ];
+    let out = run(case);
+    out.assert_success();
+    assert_eq!(
+        out.value("resolv"),
+        "nameserver 10.214.0.1;search gantry.local;"
+    );
+    assert_eq!(out.value("hosts"), "127.0.0.1 localhost");
+    assert_ne!(
+        out.value("write"),
+        "0",
+        "resolv.conf must not be writable: {out:?}"
+    );
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert_eq!(out.value("mode"), "ro");
+    // The host file is untouched.
+    assert_eq!(
+        fs::read_to_string(out.dir.path().join("mount-0")).unwrap(),
+        "nameserver 10.214.0.1\nsearch gantry.local\n"
+    );
+}
+
+#[test]
+fn bind_mounts_work_on_a_read_only_rootfs_and_replace_an_image_symlink() {
+    let mut case = Case::new("echo resolv=$(cat /etc/resolv.conf)");
+    case.readonly = true;
+    // Debian images often ship resolv.conf as a symlink; it must not lead the mount astray.
+    case.tweak_base = |base| symlink("/tmp/elsewhere", base.join("etc/resolv.conf")).unwrap();
+    case.mounts = vec![("nameserver 10.214.3.1\n", "/etc/resolv.conf")];
+    let out = run(case);
+    out.assert_success();
+    assert_eq!(out.value("resolv"), "nameserver 10.214.3.1");
 }

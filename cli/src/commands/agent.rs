@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Args;
 use gantry_api::model::{Cpu, Memory};
 use gantry_api::quantity::{parse_cpu, parse_memory};
-use gantry_node_agent::AgentConfig;
+use gantry_node_agent::{AgentConfig, NetworkMode};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +54,14 @@ pub struct AgentArgs {
     /// Take the node over even if another agent seems to heartbeat it.
     #[arg(long)]
     pub force: bool,
+    /// Replica networking: `bridge` (an address per replica on a node bridge, routes to other
+    /// nodes) or `none` (each container gets only `lo`; for agents sharing the host's network
+    /// namespace).
+    #[arg(long, default_value = "bridge", value_parser = ["bridge", "none"])]
+    pub network: String,
+    /// The node bridge replicas attach to (with `--network bridge`).
+    #[arg(long, default_value = "gantry0")]
+    pub bridge: String,
 }
 
 /// Runs the agent; returns its exit code.
@@ -87,6 +95,11 @@ pub fn run(
     config.backoff_max = args.backoff_max.max(args.backoff_base);
     config.stop_grace = args.stop_grace;
     config.force = args.force;
+    config.network = match args.network.as_str() {
+        "none" => NetworkMode::None,
+        _ => NetworkMode::Bridge,
+    };
+    config.bridge = args.bridge.clone();
     config.advertise = args.advertise.clone().unwrap_or_default();
     let name = args.name.clone();
     super::daemon::serve(&args.listen, |listener, shutdown| async move {

@@ -310,6 +310,7 @@ fn run_options(auto_remove: bool, a: &RunArgs) -> anyhow::Result<RunOptions> {
         readonly_rootfs: a.read_only,
         auto_remove,
         labels,
+        ..RunOptions::default()
     })
 }
 

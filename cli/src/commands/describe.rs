@@ -2,7 +2,7 @@
 //! conditions, a service's replicas or a node's bound replicas, and the object's recent events
 //! (oldest first, newest last).
 
-use super::get::{bool_at, headers, node_status, replica_status, row, str_at, u64_at};
+use super::get::{bool_at, cluster_ip, headers, node_status, replica_status, row, str_at, u64_at};
 use super::output::{age, client_error, finish, not_found, parse_kind, Columns};
 use super::target::TargetArgs;
 use super::wait::replica_service;
@@ -90,6 +90,37 @@ fn text(v: Option<&Value>) -> String {
     }
 }
 
+/// A service's ports as `http 80/TCP -> http, nodePort 30080; 53/UDP -> 5353`.
+fn service_ports(spec: &Value) -> String {
+    let Some(ports) = spec.get("ports").and_then(Value::as_array) else {
+        return String::new();
+    };
+    ports
+        .iter()
+        .map(|p| {
+            let port = text(p.get("port"));
+            let protocol = Some(str_at(p, "/protocol"))
+                .filter(|s| !s.is_empty())
+                .unwrap_or("TCP");
+            let target = match p.get("targetPort") {
+                None | Some(Value::Null) => port.clone(),
+                t => text(t),
+            };
+            let mut out = String::new();
+            let name = str_at(p, "/name");
+            if !name.is_empty() {
+                let _ = write!(out, "{name} ");
+            }
+            let _ = write!(out, "{port}/{protocol} -> {target}");
+            if let Some(np) = p.get("nodePort").filter(|v| !v.is_null()) {
+                let _ = write!(out, ", nodePort {}", text(Some(np)));
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn created(object: &Object) -> String {
     match &object.metadata.creation_timestamp {
         Some(ts) => format!("{ts} ({} ago)", age(Some(ts))),
@@ -125,6 +156,9 @@ async fn describe(client: &mut Client, object: &Object) -> anyhow::Result<String
                     u64_at(status, "/readyReplicas"),
                 ),
             );
+            f.add("Cluster IP", cluster_ip(object));
+            f.add("Service ports", service_ports(spec));
+            f.add("Network error", str_at(status, "/networkError"));
             f.add("Image", str_at(spec, "/template/image"));
             f.add("Command", text(spec.pointer("/template/command")));
             f.add("Args", text(spec.pointer("/template/args")));
@@ -171,6 +205,8 @@ async fn describe(client: &mut Client, object: &Object) -> anyhow::Result<String
             f.add("Agent version", str_at(status, "/agentVersion"));
             f.add("Capacity", text(spec.pointer("/capacity")));
             f.add("Replica CIDR", str_at(spec, "/replicaCidr"));
+            f.add("Cluster CIDR", str_at(spec, "/clusterCidr"));
+            f.add("Service CIDR", str_at(spec, "/serviceCidr"));
             let (replicas, _) = client
                 .list(Kind::Replica)
                 .await

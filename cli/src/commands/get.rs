@@ -333,7 +333,15 @@ fn or_none(s: &str) -> String {
 pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
     let (base, extra): (&[&str], &[&str]) = match kind {
         Kind::Service => (
-            &["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            &[
+                "NAME",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "CLUSTER-IP",
+                "PORTS",
+                "AGE",
+            ],
             &["IMAGE", "SELECTOR"],
         ),
         Kind::Replica => (
@@ -342,7 +350,7 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         ),
         Kind::Node => (
             &["NAME", "STATUS", "REPLICAS", "AGE", "VERSION"],
-            &["ADDRESS", "CPU", "MEMORY"],
+            &["ADDRESS", "CPU", "MEMORY", "SUBNET"],
         ),
         Kind::Event => (
             &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
@@ -354,6 +362,42 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         h.extend_from_slice(extra);
     }
     h
+}
+
+/// A service's virtual address: `status.clusterIP`, `<pending>` while a service with ports
+/// waits for one, `<none>` for a service without ports.
+pub fn cluster_ip(object: &Object) -> String {
+    let ip = str_at(&object.status, "/clusterIP");
+    if !ip.is_empty() {
+        return ip.to_string();
+    }
+    let has_ports = object
+        .spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .is_some_and(|p| !p.is_empty());
+    if has_ports { "<pending>" } else { "<none>" }.to_string()
+}
+
+/// A service's ports as kubectl prints them: `80:30080/TCP,53/UDP`.
+fn ports(spec: &Value) -> String {
+    let Some(ports) = spec.get("ports").and_then(Value::as_array) else {
+        return "<none>".to_string();
+    };
+    let cells: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            let port = value_text(p.get("port"));
+            let protocol = Some(str_at(p, "/protocol"))
+                .filter(|s| !s.is_empty())
+                .unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_u64) {
+                Some(np) => format!("{port}:{np}/{protocol}"),
+                None => format!("{port}/{protocol}"),
+            }
+        })
+        .collect();
+    or_none(&cells.join(","))
 }
 
 /// The status word of a replica: its reason when set (`CrashLoopBackOff`), else its phase.
@@ -405,6 +449,8 @@ pub fn row(
             ),
             u64_at(status, "/updatedReplicas").to_string(),
             u64_at(status, "/readyReplicas").to_string(),
+            cluster_ip(object),
+            ports(spec),
             created,
         ],
         Kind::Replica => vec![
@@ -453,6 +499,7 @@ pub fn row(
                 cells.push(or_none(str_at(spec, "/address")));
                 cells.push(value_text(spec.pointer("/capacity/cpu")));
                 cells.push(value_text(spec.pointer("/capacity/memory")));
+                cells.push(or_none(str_at(spec, "/replicaCidr")));
             }
             Kind::Event => {
                 cells.push(or_none(str_at(spec, "/source")));
@@ -567,6 +614,30 @@ mod tests {
     }
 
     #[test]
+    fn service_rows_show_the_address_and_ports_kubectl_style() {
+        let mut s = Object::new(Kind::Service, "web");
+        s.spec = serde_json::json!({"replicas": 2, "ports": [
+            {"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"},
+            {"name": "dns", "port": 53, "protocol": "UDP"}]});
+        assert_eq!(
+            row(&s, false, &BTreeMap::new())[4..6],
+            ["<pending>", "80:30080/TCP,53/UDP"]
+        );
+        s.status = serde_json::json!({"clusterIP": "10.215.0.2", "readyReplicas": 1});
+        let cells = row(&s, false, &BTreeMap::new());
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[4..6], ["10.215.0.2", "80:30080/TCP,53/UDP"]);
+        s.spec = serde_json::json!({"replicas": 1});
+        assert_eq!(
+            row(&s, false, &BTreeMap::new())[4..6],
+            ["10.215.0.2", "<none>"]
+        );
+        s.status = serde_json::json!({});
+        assert_eq!(row(&s, false, &BTreeMap::new())[4..6], ["<none>", "<none>"]);
+        assert_eq!(headers(Kind::Service, false).len(), 7);
+    }
+
+    #[test]
     fn node_rows_show_readiness_cordon_and_replica_count() {
         let mut n = Object::new(Kind::Node, "n1");
         n.spec = serde_json::json!({"unschedulable": true});
@@ -575,5 +646,11 @@ mod tests {
         let cells = row(&n, false, &counts);
         assert_eq!(cells[1..3], ["Ready,SchedulingDisabled", "2"]);
         assert_eq!(cells[4], "0.1.0");
+        n.spec = serde_json::json!({"address": "10.0.0.1:7100", "replicaCidr": "10.214.3.0/24"});
+        let cells = row(&n, true, &counts);
+        assert_eq!(cells.len(), headers(Kind::Node, true).len());
+        assert_eq!(cells[cells.len() - 1], "10.214.3.0/24");
+        n.spec = serde_json::json!({});
+        assert_eq!(row(&n, true, &counts)[8], "<none>");
     }
 }

@@ -1,8 +1,12 @@
 //! `gantry server`: runs one control-plane member until SIGTERM or SIGINT.
 
-use super::output::parse_positive_duration;
+use super::output::{finish, parse_positive_duration, user_error};
 use anyhow::Context;
 use clap::Args;
+use gantry_api::net::Ipv4Cidr;
+use gantry_control_plane::controllers::network::{
+    DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, DEFAULT_SERVICE_CIDR,
+};
 use gantry_control_plane::controllers::{default_controllers, ControllerConfig};
 use gantry_control_plane::raft::RaftTuning;
 use gantry_control_plane::server::{Bootstrap, ServerConfig};
@@ -51,10 +55,34 @@ pub struct ServerArgs {
     /// Controllers compare all desired and actual state at least this often.
     #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
     pub resync: Duration,
+    /// The range every node's replica subnet is carved from.
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: Ipv4Cidr,
+    /// Prefix length of one node's replica subnet (24: 256 addresses per node).
+    #[arg(long, value_name = "PREFIX", default_value_t = DEFAULT_NODE_PREFIX,
+        value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub node_cidr_size: u8,
+    /// The range services' virtual addresses (clusterIP) come from.
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_SERVICE_CIDR)]
+    pub service_cidr: Ipv4Cidr,
 }
 
 /// Runs the member; returns its exit code.
 pub fn run(args: ServerArgs) -> anyhow::Result<i32> {
+    let controllers = ControllerConfig {
+        node_lease: args.node_lease,
+        node_grace: args.node_grace,
+        resync: args.resync,
+        cluster_cidr: args.cluster_cidr,
+        node_prefix: args.node_cidr_size,
+        service_cidr: args.service_cidr,
+        ..ControllerConfig::default()
+    };
+    // Refused before anything is bound or written: a cluster must not start handing out
+    // addresses from ranges it cannot use.
+    if let Err(e) = controllers.check_network() {
+        return finish(Err(user_error(e.to_string())));
+    }
     super::daemon::init_logging("info,openraft=error");
     let bootstrap = match (args.init, args.join.clone()) {
         (true, _) => Bootstrap::Init,
@@ -70,12 +98,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<i32> {
         ..RaftTuning::default()
     };
     config.request_timeout = Duration::from_millis(args.request_timeout_ms);
-    config.leader_tasks = default_controllers(ControllerConfig {
-        node_lease: args.node_lease,
-        node_grace: args.node_grace,
-        resync: args.resync,
-        ..ControllerConfig::default()
-    });
+    config.leader_tasks = default_controllers(controllers);
     let name = args.name.clone();
     super::daemon::serve(&args.listen, |listener, shutdown| async move {
         gantry_control_plane::server::run(config, listener, shutdown)

@@ -7,6 +7,8 @@
 //!   binds Pending replicas to nodes.
 //! - [`nodes`]: [`NodeLifecycle`] judges node liveness by this member's own clock, marks
 //!   silent nodes NotReady and deletes their replicas after a grace period.
+//! - [`network`]: [`NetworkController`] hands each node a replica subnet and each service
+//!   with ports a virtual address (`status.clusterIP`), and reports node port conflicts.
 //! - [`events`]: [`EventRecorder`] (folding repeats) used by all of them, and [`EventGc`].
 //! - [`informer`] and [`writer`]: the watch-fed object cache and the compare-and-swap writes
 //!   the controllers share.
@@ -17,12 +19,14 @@
 
 pub mod events;
 pub mod informer;
+pub mod network;
 pub mod nodes;
 pub mod scheduler;
 pub mod service;
 pub mod writer;
 
 pub use events::{EventGc, EventRecorder};
+pub use network::{NetworkConfigError, NetworkController, NetworkRanges};
 pub use nodes::NodeLifecycle;
 pub use scheduler::{Scheduler, SchedulerTask};
 pub use service::ServiceController;
@@ -31,7 +35,9 @@ use crate::server::LeaderTask;
 use crate::types::Raft;
 use futures::future::BoxFuture;
 use gantry_api::model::Phase;
+use gantry_api::net::Ipv4Cidr;
 use informer::{Changes, Informer};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -61,6 +67,23 @@ pub struct ControllerConfig {
     pub max_events: usize,
     /// How often the event collector runs.
     pub event_gc_interval: Duration,
+    /// The range node subnets are carved from (`--cluster-cidr`).
+    pub cluster_cidr: Ipv4Cidr,
+    /// The prefix length of one node's subnet (`--node-cidr-size`).
+    pub node_prefix: u8,
+    /// The range of services' virtual addresses (`--service-cidr`).
+    pub service_cidr: Ipv4Cidr,
+}
+
+impl ControllerConfig {
+    /// Checks the address ranges (see [`NetworkRanges::check`]); run before serving so that
+    /// bad flags stop the server instead of leaving the cluster without addresses.
+    ///
+    /// # Errors
+    /// Overlapping ranges or unusable prefixes, naming the flag and the values.
+    pub fn check_network(&self) -> Result<(), NetworkConfigError> {
+        NetworkRanges::of(self).check()
+    }
 }
 
 impl Default for ControllerConfig {
@@ -75,17 +98,23 @@ impl Default for ControllerConfig {
             event_ttl: Duration::from_secs(3600),
             max_events: 1000,
             event_gc_interval: Duration::from_secs(60),
+            // network::DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX and DEFAULT_SERVICE_CIDR
+            // (a unit test keeps them equal).
+            cluster_cidr: Ipv4Cidr::containing(Ipv4Addr::new(10, 214, 0, 0), 16),
+            node_prefix: network::DEFAULT_NODE_PREFIX,
+            service_cidr: Ipv4Cidr::containing(Ipv4Addr::new(10, 215, 0, 0), 16),
         }
     }
 }
 
 /// The controllers a `gantry server` runs while it leads: service controller, scheduler,
-/// node lifecycle and event collector.
+/// node lifecycle, network controller and event collector.
 pub fn default_controllers(cfg: ControllerConfig) -> Vec<Arc<dyn LeaderTask>> {
     vec![
         Arc::new(ServiceController::new(cfg.clone())),
         Arc::new(SchedulerTask::new(cfg.clone())),
         Arc::new(NodeLifecycle::new(cfg.clone())),
+        Arc::new(NetworkController::new(cfg.clone())),
         Arc::new(EventGc::new(cfg)),
     ]
 }

@@ -1,7 +1,7 @@
 //! The scheduler: [`Scheduler`], a pure in-memory placement function over a node-usage
 //! cache, and [`SchedulerTask`], the leader task that binds Pending replicas with it.
 //!
-//! Placement filters nodes (ready, not cordoned, node selector ⊆ labels, replica count below
+//! Placement filters nodes (ready, not cordoned, holding a replica subnet, node selector ⊆ labels, replica count below
 //! capacity, free cpu and memory ≥ the replica's effective requests), then scores: fewest
 //! replicas of the same service first (spread), then least allocated (the larger of the cpu
 //! and memory fractions after placement), then node name.
@@ -48,6 +48,8 @@ pub struct NodeInfo {
     pub ready: bool,
     /// `spec.unschedulable` (cordoned).
     pub unschedulable: bool,
+    /// `spec.replicaCidr` holds a subnet: replicas bound here can get addresses.
+    pub has_subnet: bool,
     /// CPU capacity in millicpus.
     pub cpu: u64,
     /// Memory capacity in bytes.
@@ -66,6 +68,10 @@ impl NodeInfo {
             labels: obj.metadata.labels.clone(),
             ready: status.ready,
             unschedulable: spec.unschedulable,
+            has_subnet: spec
+                .replica_cidr
+                .as_deref()
+                .is_some_and(|c| c.parse::<gantry_api::net::Ipv4Cidr>().is_ok()),
             cpu: spec.capacity.cpu.0,
             memory: spec.capacity.memory.0,
             max_replicas: spec.capacity.replicas,
@@ -106,6 +112,9 @@ pub enum Misfit {
     NotReady,
     /// Cordoned.
     Cordoned,
+    /// Has no replica subnet yet (the range is exhausted, or the network controller has not
+    /// reached it).
+    NoSubnet,
     /// Lacks a label of the node selector.
     Selector,
     /// At its replica capacity.
@@ -122,6 +131,7 @@ impl Misfit {
         match self {
             Misfit::NotReady => "not ready",
             Misfit::Cordoned => "unschedulable",
+            Misfit::NoSubnet => "no replica subnet",
             Misfit::Selector => "didn't match node selector",
             Misfit::TooManyReplicas => "too many replicas",
             Misfit::Cpu => "insufficient cpu",
@@ -231,12 +241,14 @@ impl Scheduler {
     pub fn schedule(&mut self, d: &Demand) -> Result<String, Unschedulable> {
         let sid = self.service_id(&d.service);
         let mut best: Option<(usize, u32, u64)> = None;
-        let mut misfits: [usize; 6] = [0; 6];
+        let mut misfits: [usize; 7] = [0; 7];
         for (i, n) in self.nodes.iter().enumerate() {
             let misfit = if !n.info.ready {
                 Some(Misfit::NotReady)
             } else if n.info.unschedulable {
                 Some(Misfit::Cordoned)
+            } else if !n.info.has_subnet {
+                Some(Misfit::NoSubnet)
             } else if !d
                 .node_selector
                 .iter()
@@ -279,9 +291,10 @@ impl Scheduler {
                 Ok(name)
             }
             None => {
-                const ALL: [Misfit; 6] = [
+                const ALL: [Misfit; 7] = [
                     Misfit::NotReady,
                     Misfit::Cordoned,
+                    Misfit::NoSubnet,
                     Misfit::Selector,
                     Misfit::TooManyReplicas,
                     Misfit::Cpu,
@@ -485,6 +498,7 @@ mod tests {
         NodeInfo {
             name: name.into(),
             ready: true,
+            has_subnet: true,
             cpu,
             memory: mem,
             max_replicas: 110,
@@ -566,6 +580,19 @@ mod tests {
         );
         s.forget("a", &d);
         assert_eq!(s.schedule(&d).unwrap(), "a");
+    }
+
+    #[test]
+    fn nodes_without_a_replica_subnet_get_nothing() {
+        let mut bare = node("b", 4000, 4 << 30);
+        bare.has_subnet = false;
+        let mut s = Scheduler::new(vec![node("a", 4000, 1 << 20), bare]);
+        let err = s.schedule(&demand("web", 0, 1 << 30)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0/2 nodes are available: 1 insufficient memory, 1 no replica subnet"
+        );
+        assert_eq!(s.schedule(&demand("web", 0, 0)).unwrap(), "a");
     }
 
     /// Figures, not a test: `cargo test --release -p gantry-control-plane --lib

@@ -10,7 +10,8 @@
 //!   `replicas + maxSurge`, old ones are deleted while at least `replicas - maxUnavailable`
 //!   stay ready (not-ready old ones go first, at once).
 //! - Replicas whose service does not exist are deleted.
-//! - The status is written only when it changed. All writes are compare-and-swap.
+//! - The status is written only when it changed, keeping `clusterIP` and `networkError` (the
+//!   network controller's) as read. All writes are compare-and-swap.
 //! - Creates and deletes of a pass go through Raft as batches ([`Writer::create_many`],
 //!   [`Writer::delete_many`]) of at most [`WRITE_BATCH`], [`BATCHES_IN_FLIGHT`] at once, so
 //!   scaling 0→100 costs a few log entries, not a hundred; each write is still checked alone.
@@ -429,9 +430,16 @@ impl ServicePass {
             ));
         }
         let current: ServiceStatus = svc.status_as().unwrap_or_default();
-        if current != plan.status {
+        // The network controller owns the address fields: carry them over, so this write
+        // (a compare-and-swap on the version they were read at) never wipes them.
+        let status = ServiceStatus {
+            cluster_ip: current.cluster_ip.clone(),
+            network_error: current.network_error.clone(),
+            ..plan.status
+        };
+        if current != status {
             let mut obj = svc.clone();
-            obj.set_status(&plan.status);
+            obj.set_status(&status);
             actions.push(Action::Status(obj));
         }
     }

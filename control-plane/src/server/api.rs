@@ -269,7 +269,9 @@ impl ObjectApi {
 
     async fn do_create(&self, msg: CreateRequest) -> Result<WriteResponse, ApiError> {
         let (_, mut obj) = validate(msg.object)?;
-        obj.metadata.creation_timestamp = Some(now_rfc3339());
+        // Milliseconds: "oldest first" decides which service publishes a contested node port
+        // and which node gets a subnet first, and services applied together share a second.
+        obj.metadata.creation_timestamp = Some(gantry_api::events::now_rfc3339_millis());
         obj.metadata.resource_version = None;
         let (kind, name) = (obj.kind.to_string(), obj.metadata.name.clone());
         let json =

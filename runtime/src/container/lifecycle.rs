@@ -2,7 +2,7 @@
 //! list, inspect, stop, remove and wait. Nothing here keeps state in memory: the container's
 //! directory is the truth, so a CLI call, an agent, or a restarted agent see the same thing.
 
-use super::spec::ContainerSpec;
+use super::spec::{BindMount, ContainerSpec, Network};
 use super::state::{ContainerState, Status};
 use super::{now_ms, proc_start_ticks, ContainerError, CONFIG_FILE, LOCK_FILE, STATE_FILE};
 use crate::cgroups::Resources;
@@ -57,6 +57,11 @@ pub struct RunOptions {
     pub auto_remove: bool,
     /// Labels recorded in the spec.
     pub labels: BTreeMap<String, String>,
+    /// The container's network namespace: private (`lo` only) by default, or an existing one
+    /// to join.
+    pub network: Network,
+    /// Host files bind-mounted read-only into the container.
+    pub mounts: Vec<BindMount>,
 }
 
 /// A container as found on disk.
@@ -200,6 +205,8 @@ impl Runtime {
                 reason: e.to_string(),
             })?;
 
+        validate_network(&opts.network, &opts.mounts)?;
+
         let id = random_id()?;
         let hostname = opts
             .hostname
@@ -233,6 +240,8 @@ impl Runtime {
             readonly_rootfs: opts.readonly_rootfs,
             auto_remove: opts.auto_remove,
             labels: opts.labels.clone(),
+            network: opts.network.clone(),
+            mounts: opts.mounts.clone(),
             created_ms: now_ms(),
         };
 
@@ -742,6 +751,51 @@ fn validate_hostname(h: &str) -> Result<(), ContainerError> {
     }
 }
 
+/// The namespace to join and every mount source must exist now (the init could only report
+/// them missing as an opaque start failure), and destinations must be clean absolute paths.
+fn validate_network(network: &Network, mounts: &[BindMount]) -> Result<(), ContainerError> {
+    if let Network::Join { path } = network {
+        if !path.is_absolute() || !path.exists() {
+            return Err(ContainerError::Invalid {
+                field: "network",
+                reason: format!(
+                    "network namespace {} does not exist (an absolute path is needed)",
+                    path.display()
+                ),
+            });
+        }
+    }
+    for m in mounts {
+        if !m.source.is_absolute() || !m.source.exists() {
+            return Err(ContainerError::Invalid {
+                field: "mounts",
+                reason: format!(
+                    "bind mount source {} does not exist (an absolute path is needed)",
+                    m.source.display()
+                ),
+            });
+        }
+        let clean = m.destination.is_absolute()
+            && m.destination.parent().is_some()
+            && m.destination.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+        if !clean {
+            return Err(ContainerError::Invalid {
+                field: "mounts",
+                reason: format!(
+                    "bind mount destination {} must be an absolute path without '..' and not /",
+                    m.destination.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn validate_resources(r: &Resources) -> Result<(), ContainerError> {
     if let Some(m) = r.memory_limit {
         if m < MIN_MEMORY_LIMIT {
@@ -805,6 +859,29 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("pids"), "{err}");
+    }
+
+    #[test]
+    fn network_options_are_checked_before_anything_is_written() {
+        let missing = Network::Join {
+            path: PathBuf::from("/nonexistent/netns/x"),
+        };
+        let err = validate_network(&missing, &[]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/netns/x"), "{err}");
+        let mount = |src: &str, dst: &str| BindMount {
+            source: PathBuf::from(src),
+            destination: PathBuf::from(dst),
+        };
+        assert!(validate_network(&Network::Private, &[mount("/etc/hosts", "/etc/hosts")]).is_ok());
+        for bad in [
+            mount("/etc/hosts", "etc/hosts"),
+            mount("/etc/hosts", "/etc/../hosts"),
+            mount("/etc/hosts", "/"),
+            mount("/nonexistent/file", "/etc/hosts"),
+        ] {
+            let err = validate_network(&Network::Private, &[bad]).unwrap_err();
+            assert!(err.to_string().contains("mounts"), "{err}");
+        }
     }
 
     #[test]

@@ -1,15 +1,35 @@
-//! The container's network: a fresh network namespace holding only the loopback interface.
+//! The container's network: either a fresh network namespace holding only the loopback
+//! interface, or an existing namespace (a node agent's per-replica sandbox) that it joins.
 //!
-//! A new network namespace starts with `lo` present but down; this module brings it up and
-//! creates nothing else. Invariant: it only ever touches the interface named `lo` of the
+//! A new network namespace starts with `lo` present but down; [`bring_up_loopback`] brings it
+//! up and creates nothing else. Invariant: it only ever touches the interface named `lo` of the
 //! calling thread's current network namespace, so calling it in the host namespace is harmless
-//! (the host's `lo` is already up).
+//! (the host's `lo` is already up). [`join_netns`] changes nothing in the namespace it joins:
+//! whoever made it owns its interfaces.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// Why the loopback interface could not be brought up.
+/// Why the container's network could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// The namespace file to join could not be opened.
+    #[error("cannot open network namespace {path}: {source}")]
+    Open {
+        /// The namespace file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `setns` refused the file (not a network namespace, or no permission).
+    #[error("cannot join network namespace {path}: {source}")]
+    Join {
+        /// The namespace file.
+        path: std::path::PathBuf,
+        /// The errno.
+        #[source]
+        source: nix::errno::Errno,
+    },
     /// The control socket used for interface ioctls could not be opened.
     #[error("cannot open an AF_INET control socket for interface ioctls: {0}")]
     Socket(#[source] std::io::Error),
@@ -62,6 +82,24 @@ pub fn bring_up_loopback() -> Result<(), NetError> {
         return Err(ioctl_error("SIOCSIFFLAGS"));
     }
     Ok(())
+}
+
+/// Moves the calling thread into the network namespace at `path` (an nsfs file).
+///
+/// Must run in a single-threaded process (the container's init) or on a thread that will
+/// never run anything else: `setns` changes only the calling thread.
+pub fn join_netns(path: &std::path::Path) -> Result<(), NetError> {
+    tracing::debug!(netns = %path.display(), "joining network namespace");
+    let file = std::fs::File::open(path).map_err(|source| NetError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+        NetError::Join {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 fn ioctl_error(op: &'static str) -> NetError {

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::container::spec::BindMount;
+
 /// Where and how to build a container's root filesystem.
 #[derive(Debug, Clone, Copy)]
 pub struct RootfsSpec<'a> {
@@ -35,6 +37,8 @@ pub struct RootfsSpec<'a> {
     /// Mount the root read-only (`/dev`, `/dev/shm`, `/dev/pts`, `/dev/mqueue` stay
     /// writable).
     pub readonly_rootfs: bool,
+    /// Host files bind-mounted read-only into the container (e.g. `/etc/resolv.conf`).
+    pub mounts: &'a [BindMount],
 }
 
 /// Why the container's root filesystem could not be set up.
@@ -82,6 +86,9 @@ pub enum RootfsError {
         /// What it is instead, e.g. "a symlink".
         what: &'static str,
     },
+    /// A bind mount's destination is not a clean absolute path.
+    #[error("bind mount destination {0} must be an absolute path without '..'")]
+    BadDestination(PathBuf),
     /// A mount or unmount failed.
     #[error("{what} at {target} failed: {source}")]
     Mount {
@@ -194,6 +201,11 @@ pub fn enter_rootfs(spec: &RootfsSpec) -> Result<(), RootfsError> {
             bind(&path, &path, MsFlags::MS_REC)?;
             remount_readonly(&path)?;
         }
+    }
+
+    // Before the root goes read-only: a missing destination is created in the upper layer.
+    for m in spec.mounts {
+        bind_readonly(target, m)?;
     }
 
     if spec.readonly_rootfs {
@@ -350,6 +362,95 @@ fn mount_sys(sys: &Path) -> Result<(), RootfsError> {
             source,
         }),
     }
+}
+
+/// Bind-mounts `m.source` read-only at `m.destination` inside `target`, creating an empty
+/// file (or directory, for a directory source) there when the image lacks one. Every
+/// component of the destination is checked not to be a symlink, so the mount can never land
+/// outside the container's root; a symlink as the last component (Debian's
+/// `/etc/resolv.conf` often is one) is replaced by a plain file in the writable layer.
+fn bind_readonly(target: &Path, m: &BindMount) -> Result<(), RootfsError> {
+    use std::path::Component;
+    let bad = || RootfsError::BadDestination(m.destination.clone());
+    if !m.destination.is_absolute() {
+        return Err(bad());
+    }
+    let mut parts = Vec::new();
+    for c in m.destination.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(p) => parts.push(p),
+            _ => return Err(bad()),
+        }
+    }
+    let Some((last, parents)) = parts.split_last() else {
+        return Err(bad());
+    };
+    let mut dir = target.to_path_buf();
+    for p in parents {
+        dir.push(p);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) => {
+                return Err(RootfsError::BadMountPoint {
+                    path: dir,
+                    what: if meta.file_type().is_symlink() {
+                        "a symlink"
+                    } else {
+                        "not a directory"
+                    },
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir).map_err(|source| RootfsError::Io {
+                    op: "create directory",
+                    path: dir.clone(),
+                    source,
+                })?;
+            }
+            Err(source) => {
+                return Err(RootfsError::Io {
+                    op: "stat",
+                    path: dir,
+                    source,
+                })
+            }
+        }
+    }
+    let dest = dir.join(last);
+    let source_is_dir = std::fs::metadata(&m.source)
+        .map_err(|source| RootfsError::Io {
+            op: "stat bind source",
+            path: m.source.clone(),
+            source,
+        })?
+        .is_dir();
+    let existing = std::fs::symlink_metadata(&dest).ok();
+    if existing
+        .as_ref()
+        .is_some_and(|meta| meta.file_type().is_symlink())
+    {
+        std::fs::remove_file(&dest).map_err(|source| RootfsError::Io {
+            op: "remove symlink",
+            path: dest.clone(),
+            source,
+        })?;
+    }
+    let present = existing.is_some_and(|meta| !meta.file_type().is_symlink());
+    if !present {
+        let made = if source_is_dir {
+            std::fs::create_dir(&dest)
+        } else {
+            std::fs::File::create(&dest).map(drop)
+        };
+        made.map_err(|source| RootfsError::Io {
+            op: "create",
+            path: dest.clone(),
+            source,
+        })?;
+    }
+    bind(&m.source, &dest, MsFlags::MS_REC)?;
+    remount_readonly(&dest)
 }
 
 /// Hides `path`: a file behind `/dev/null`, a directory behind an empty read-only tmpfs.
@@ -511,6 +612,7 @@ mod tests {
             work_dir: Path::new("/c/work"),
             target: Path::new("/c/rootfs"),
             readonly_rootfs: false,
+            mounts: &[],
         }
     }
 

@@ -7,7 +7,7 @@
 //! capabilities, and last `execve`. A failure is written to the error pipe (close-on-exec, so a
 //! successful exec closes it with nothing written) and the child exits.
 
-use crate::container::spec::ContainerSpec;
+use crate::container::spec::{ContainerSpec, Network};
 use crate::container::{net, rootfs, security};
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
@@ -101,15 +101,15 @@ fn setup_and_exec(
         move |e: Errno| InitFailure::new(stage, e as i32, format!("{what}: {e}"))
     };
 
-    nix::sched::unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET,
-    )
-    .map_err(errno(
+    // A container joining a sandbox gets no network namespace of its own: it enters the
+    // sandbox's below, while this process is still single-threaded.
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if spec.network == Network::Private {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    nix::sched::unshare(flags).map_err(errno(
         "namespaces",
-        "cannot unshare mount, uts, ipc and network namespaces".into(),
+        format!("cannot unshare namespaces {flags:?}"),
     ))?;
 
     // Wait for the shim: one byte means "you are in your cgroup"; EOF means the shim gave up.
@@ -122,8 +122,15 @@ fn setup_and_exec(
         }
     }
 
-    net::bring_up_loopback()
-        .map_err(|e| InitFailure::new("network", 0, format!("cannot bring up loopback: {e}")))?;
+    match &spec.network {
+        Network::Private => net::bring_up_loopback().map_err(|e| {
+            InitFailure::new("network", 0, format!("cannot bring up loopback: {e}"))
+        })?,
+        // Before pivot_root: the namespace file lives in the host's filesystem.
+        Network::Join { path } => {
+            net::join_netns(path).map_err(|e| InitFailure::new("network", 0, e.to_string()))?
+        }
+    }
 
     let upper = container_dir.join("upper");
     let work = container_dir.join("work");
@@ -134,6 +141,7 @@ fn setup_and_exec(
         work_dir: &work,
         target: &target,
         readonly_rootfs: spec.readonly_rootfs,
+        mounts: &spec.mounts,
     })
     .map_err(|e| InitFailure::new("rootfs", 0, e.to_string()))?;
 

@@ -198,6 +198,11 @@ fn argv_of(c: &Cluster, m: &Member, bootstrap: &[String]) -> anyhow::Result<Vec<
                 ]
                 .map(String::from),
             );
+            // Agents sharing the host's network namespace (`--no-netns`) must not each build
+            // a bridge and routes there: their replicas get `lo` only.
+            if m.netns.is_none() {
+                argv.extend(["--network", "none"].map(String::from));
+            }
         }
     }
     Ok(argv)
@@ -521,6 +526,13 @@ fn down_quiet(c: &mut Cluster) -> anyhow::Result<()> {
             failures.push(format!("{}: {e:#}", m.name));
         }
     }
+    // Replica network namespaces are bind mounts under the agents' roots; their veths go with
+    // the node namespaces below.
+    for m in c.of(Role::Agent) {
+        if let Err(e) = unmount_under(&m.data.join("netns")) {
+            failures.push(format!("{}: {e:#}", m.name));
+        }
+    }
     for m in c.members.iter_mut().filter(|m| m.role == Role::Server) {
         procs::signal(m, Signal::SIGTERM, Some(Duration::from_secs(10)));
     }
@@ -535,6 +547,25 @@ fn down_quiet(c: &mut Cluster) -> anyhow::Result<()> {
     } else {
         bail!("cannot remove some containers: {}", failures.join("; "))
     }
+}
+
+/// Detaches every mount point at or below `dir` (deepest first), from `/proc/self/mountinfo`.
+fn unmount_under(dir: &Path) -> anyhow::Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo")?;
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+            .with_context(|| format!("cannot unmount {}", p.display()))?;
+    }
+    Ok(())
 }
 
 fn remove_containers(root: &Path) -> anyhow::Result<()> {
