@@ -201,10 +201,25 @@ fn replicas_reach_each_other_across_nodes_and_their_service_by_name_address_and_
         assert_eq!(seen.values().sum::<u64>(), 80);
     }
 
+    // From a node to a replica on another node, by address.
+    let workload = sample_workload();
+    let mut cmd = cluster.program_in(
+        "n1",
+        &workload,
+        &["get", &format!("http://{}:8080/", b_seen.ip)],
+    );
+    cmd.env_clear();
+    let out = run_with_deadline(cmd, Duration::from_secs(30)).expect("get");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && body.contains(&format!("hostname={b}")),
+        "node n1 → {b}: {body}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // From a node (the cluster IP) and from outside the nodes (a server's namespace, through
     // n1's node port).
     let vip = rt.block_on(cluster_ip(&cluster, "web"));
-    let workload = sample_workload();
     for (member, url) in [
         ("n2", format!("http://{vip}:80/")),
         ("s1", format!("http://{}:30080/", nodes["n1"].1)),

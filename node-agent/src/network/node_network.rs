@@ -244,7 +244,7 @@ fn apply(wanted: &Wanted) -> Result<(), NetworkError> {
         return Ok(());
     };
     setup_bridge(net)?;
-    sync_routes(&wanted.routes)
+    sync_routes(&wanted.routes, net.gateway)
 }
 
 /// Creates the bridge (if missing) with the gateway address, up, and turns on forwarding in
@@ -276,7 +276,14 @@ fn setup_bridge(net: &NodeNetwork) -> Result<(), NetworkError> {
 }
 
 /// Replaces the routes this agent manages with `routes`.
-fn sync_routes(routes: &BTreeMap<Ipv4Cidr, Ipv4Addr>) -> Result<(), NetworkError> {
+///
+/// Each route carries this node's gateway address as preferred source: replicas route only
+/// the cluster and service ranges, so a connection from this node to a replica elsewhere must
+/// come from an address in the cluster range to be answered (through this node).
+fn sync_routes(
+    routes: &BTreeMap<Ipv4Cidr, Ipv4Addr>,
+    gateway: Ipv4Addr,
+) -> Result<(), NetworkError> {
     let current = ip(&["-4", "-o", "route", "show", "proto", ROUTE_PROTO])?;
     let mut errors = Vec::new();
     for line in current.lines() {
@@ -303,6 +310,8 @@ fn sync_routes(routes: &BTreeMap<Ipv4Cidr, Ipv4Addr>) -> Result<(), NetworkError
             &dst.to_string(),
             "via",
             &via.to_string(),
+            "src",
+            &gateway.to_string(),
             "proto",
             ROUTE_PROTO,
         ]);
