@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job, on a fresh Debian machine as root: builds gantry and the sample image,
 # brings up a local cluster (3 servers + 3 agents, each in its own network namespace), applies
-# the example manifests in manifests/, and shows the running replicas. The cluster keeps
+# the example manifests in manifests/, shows the running replicas and reaches the web service
+# by name and through its node port. The cluster keeps
 # running afterwards; `target/release/gantry cluster down --purge` removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,12 @@ set -x
 "$gantry" get replicas -o wide
 replica=$("$gantry" get replicas -l gantry.io/service=web -o name | head -n1)
 "$gantry" exec "${replica#*/}" -- /app/gantry-workload info
+# Service networking: from one replica, the service by name spreads over all five; from
+# outside the nodes (server s1's namespace), node port 30080 on n1 reaches it too.
+"$gantry" exec "${replica#*/}" -- /app/gantry-workload get http://web/ --count 50
+n1=$("$gantry" get node n1 -o json | sed -n 's/.*"address": *"\([0-9.]*\):.*/\1/p')
+nsenter --net=/run/netns/gantry-demo-s1 -- target/sample-image/rootfs/app/gantry-workload \
+    get "http://$n1:30080/" --count 20
 "$gantry" logs --tail 5 "${replica#*/}"
 "$gantry" events | tail -n 15
 set +x
