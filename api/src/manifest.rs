@@ -271,20 +271,7 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Vec<(String, String)> {
             port_seen.insert((port.container_port, port.protocol), i);
         }
         if let Some(name) = &port.name {
-            if let Err(reason) = check_port_name(name) {
-                err(
-                    format!("{base}.name"),
-                    format!("{name:?} is not a valid port name ({reason})"),
-                );
-            }
-            if let Some(first) = name_seen.get(name.as_str()) {
-                err(
-                    format!("{base}.name"),
-                    format!("duplicate port name {name:?} (also ports[{first}])"),
-                );
-            } else {
-                name_seen.insert(name, i);
-            }
+            validate_port_name(&base, name, i, &mut name_seen, &mut err);
         }
     }
     validate_service_ports(spec, &mut err);
@@ -317,6 +304,31 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> Vec<(String, String)> {
     out
 }
 
+/// Port `i`'s name (at `base`): a valid name, not held by an earlier port of the same list
+/// (`seen`, by name, which this records it in).
+fn validate_port_name<'a>(
+    base: &str,
+    name: &'a str,
+    i: usize,
+    seen: &mut HashMap<&'a str, usize>,
+    err: &mut impl FnMut(String, String),
+) {
+    if let Err(reason) = check_port_name(name) {
+        err(
+            format!("{base}.name"),
+            format!("{name:?} is not a valid port name ({reason})"),
+        );
+    }
+    if let Some(first) = seen.get(name) {
+        err(
+            format!("{base}.name"),
+            format!("duplicate port name {name:?} (also ports[{first}])"),
+        );
+    } else {
+        seen.insert(name, i);
+    }
+}
+
 /// The service's own ports (`spec.ports`): numbers, names, node ports and target ports.
 ///
 /// Duplicates are judged per protocol, as Kubernetes does, since a TCP and a UDP port of the
@@ -329,22 +341,7 @@ fn validate_service_ports(spec: &ServiceSpec, err: &mut impl FnMut(String, Strin
     for (i, port) in spec.ports.iter().enumerate() {
         let base = format!("spec.ports[{i}]");
         match &port.name {
-            Some(name) => {
-                if let Err(reason) = check_port_name(name) {
-                    err(
-                        format!("{base}.name"),
-                        format!("{name:?} is not a valid port name ({reason})"),
-                    );
-                }
-                if let Some(first) = name_seen.get(name.as_str()) {
-                    err(
-                        format!("{base}.name"),
-                        format!("duplicate port name {name:?} (also ports[{first}])"),
-                    );
-                } else {
-                    name_seen.insert(name, i);
-                }
-            }
+            Some(name) => validate_port_name(&base, name, i, &mut name_seen, err),
             None if several => err(
                 format!("{base}.name"),
                 "a name is required when a service has several ports".into(),

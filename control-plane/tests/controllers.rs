@@ -6,9 +6,8 @@ mod common;
 use common::*;
 use gantry_api::model::{NodeStatus, Phase, ReplicaSpec, ReplicaStatus, ServiceStatus};
 use gantry_api::objects::{Kind, Object};
-use gantry_api::proto::{self, CreateRequest, DeleteRequest, ListRequest, UpdateRequest};
-use gantry_control_plane::controllers::{default_controllers, ControllerConfig};
-use gantry_control_plane::server::Bootstrap;
+use gantry_api::proto::{DeleteRequest, UpdateRequest};
+use gantry_control_plane::controllers::ControllerConfig;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,76 +25,7 @@ fn config() -> ControllerConfig {
 }
 
 fn opts() -> Options {
-    Options {
-        leader_tasks: default_controllers(config()),
-        ..Options::default()
-    }
-}
-
-/// Lists `kind`, retrying while the cluster elects a leader.
-async fn list(c: &mut Client, kind: Kind) -> Vec<Object> {
-    let start = std::time::Instant::now();
-    loop {
-        let r = c
-            .list(ListRequest {
-                kind: kind.to_string(),
-                consistency: proto::Consistency::Linearizable as i32,
-            })
-            .await;
-        match r {
-            Ok(r) => {
-                return r
-                    .into_inner()
-                    .items
-                    .iter()
-                    .map(|o| Object::from_json(&o.json).expect("object"))
-                    .collect()
-            }
-            Err(e) => assert!(start.elapsed() < DEADLINE, "list {kind}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn get(c: &mut Client, kind: Kind, name: &str) -> Option<Object> {
-    list(c, kind)
-        .await
-        .into_iter()
-        .find(|o| o.metadata.name == name)
-}
-
-fn envelope(o: &Object) -> Option<proto::Object> {
-    Some(proto::Object {
-        kind: o.kind.to_string(),
-        name: o.metadata.name.clone(),
-        resource_version: o.resource_version(),
-        json: o.to_json(),
-    })
-}
-
-async fn create(c: &mut Client, o: &Object) {
-    c.create(CreateRequest {
-        object: envelope(o),
-    })
-    .await
-    .expect("create");
-}
-
-/// Read-modify-write with compare-and-swap, retrying on conflict.
-async fn modify(c: &mut Client, kind: Kind, name: &str, f: impl Fn(&mut Object)) {
-    for _ in 0..50 {
-        let mut o = get(c, kind, name).await.expect("object exists");
-        f(&mut o);
-        if c.update(UpdateRequest {
-            object: envelope(&o),
-        })
-        .await
-        .is_ok()
-        {
-            return;
-        }
-    }
-    panic!("could not update {kind}/{name}");
+    with_controllers(config())
 }
 
 fn service(name: &str, replicas: u32, extra: serde_json::Value) -> Object {
@@ -129,15 +59,8 @@ impl Drop for Fleet {
 async fn fleet(addr: &str, nodes: &[(&str, serde_json::Value)]) -> Fleet {
     let mut c = client(addr).await;
     for (name, labels) in nodes {
-        let mut o = Object::new(Kind::Node, *name);
+        let mut o = ready_node(name);
         o.metadata.labels = serde_json::from_value(labels.clone()).unwrap_or_default();
-        o.spec = serde_json::json!({"address": "127.0.0.1:1",
-            "capacity": {"cpu": "2", "memory": "1Gi", "replicas": 20}});
-        o.set_status(&NodeStatus {
-            ready: true,
-            last_heartbeat: Some(gantry_api::events::now_rfc3339_millis()),
-            ..NodeStatus::default()
-        });
         create(&mut c, &o).await;
     }
     // The network controller gives each node its replica subnet; until then the scheduler
@@ -229,6 +152,18 @@ async fn wait_ready(c: &mut Client, service: &str, n: usize) -> Vec<Object> {
     .await
 }
 
+/// Waits until service `name` has a clusterIP; answers it.
+async fn cluster_ip(c: &mut Client, name: &str) -> String {
+    wait_for(&format!("{name}'s clusterIP"), || {
+        let mut c = c.clone();
+        async move {
+            let st: ServiceStatus = get(&mut c, Kind::Service, name).await?.status_as().ok()?;
+            st.cluster_ip
+        }
+    })
+    .await
+}
+
 fn per_node(replicas: &[Object]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for r in replicas {
@@ -238,19 +173,11 @@ fn per_node(replicas: &[Object]) -> BTreeMap<String, usize> {
     m
 }
 
-async fn one_member(root: &std::path::Path) -> Member {
-    let m = start("s1", root.join("s1"), None, Bootstrap::Init, &opts())
-        .await
-        .expect("s1");
-    wait_for("s1 to lead", || async { m.is_leader().then_some(()) }).await;
-    m
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn apply_spreads_replicas_and_scaling_one_service_leaves_another_alone() {
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let m = one_member(root.path()).await;
+    let m = one_member(root.path(), &opts()).await;
     let mut c = m.client().await;
     let nodes = [
         ("n1", serde_json::json!({})),
@@ -312,7 +239,7 @@ async fn apply_spreads_replicas_and_scaling_one_service_leaves_another_alone() {
 async fn unschedulable_replicas_explain_why_and_selectors_and_cordons_are_respected() {
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let m = one_member(root.path()).await;
+    let m = one_member(root.path(), &opts()).await;
     let mut c = m.client().await;
     let nodes = [
         ("n1", serde_json::json!({"disk": "ssd"})),
@@ -335,17 +262,7 @@ async fn unschedulable_replicas_explain_why_and_selectors_and_cordons_are_respec
     let mut big = service("big", 1, serde_json::json!({}));
     big.spec["template"]["resources"]["requests"]["memory"] = "4Gi".into();
     create(&mut c, &big).await;
-    let msg = wait_for("big to be unschedulable", || {
-        let mut c = c.clone();
-        async move {
-            let all = list(&mut c, Kind::Replica).await;
-            let r = replicas_of(&all, "big").first().cloned()?.clone();
-            let st: ReplicaStatus = r.status_as().unwrap();
-            // Lazily: a replica seen before the scheduler marked it has no message yet.
-            (st.reason.as_deref() == Some("Unschedulable")).then(|| st.message.unwrap_or_default())
-        }
-    })
-    .await;
+    let msg = unschedulable_message(&mut c, "big").await;
     assert_eq!(
         msg,
         "0/3 nodes are available: 1 insufficient memory, 1 not ready, 1 unschedulable"
@@ -380,7 +297,7 @@ async fn unschedulable_replicas_explain_why_and_selectors_and_cordons_are_respec
 async fn template_change_rolls_within_surge_and_deleting_the_service_deletes_replicas() {
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let m = one_member(root.path()).await;
+    let m = one_member(root.path(), &opts()).await;
     let mut c = m.client().await;
     let nodes = [("n1", serde_json::json!({})), ("n2", serde_json::json!({}))];
     let _fleet = fleet(&m.addr, &nodes).await;
@@ -442,7 +359,7 @@ async fn template_change_rolls_within_surge_and_deleting_the_service_deletes_rep
 async fn silent_node_goes_not_ready_and_its_replicas_run_elsewhere() {
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let m = one_member(root.path()).await;
+    let m = one_member(root.path(), &opts()).await;
     let mut c = m.client().await;
     let nodes = [("n1", serde_json::json!({})), ("n2", serde_json::json!({}))];
     let fleet = fleet(&m.addr, &nodes).await;
@@ -531,7 +448,7 @@ async fn controllers_resume_on_a_new_leader_without_duplicate_replicas() {
 async fn service_and_network_controllers_do_not_clobber_each_others_status_fields() {
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let m = one_member(root.path()).await;
+    let m = one_member(root.path(), &opts()).await;
     let mut c = m.client().await;
     let nodes = [("n1", serde_json::json!({})), ("n2", serde_json::json!({}))];
     let _fleet = fleet(&m.addr, &nodes).await;
@@ -541,23 +458,9 @@ async fn service_and_network_controllers_do_not_clobber_each_others_status_field
     // replica counts again and again as the fake agent marks replicas ready.
     let ports = serde_json::json!({"ports": [{"port": 80, "nodePort": 30080}]});
     create(&mut c, &service("api", 0, ports.clone())).await;
-    wait_for("api's clusterIP", || {
-        let mut c = c.clone();
-        async move {
-            let st: ServiceStatus = get(&mut c, Kind::Service, "api").await?.status_as().ok()?;
-            st.cluster_ip
-        }
-    })
-    .await;
+    cluster_ip(&mut c, "api").await;
     create(&mut c, &service("web", 4, ports)).await;
-    let first = wait_for("web's clusterIP", || {
-        let mut c = c.clone();
-        async move {
-            let st: ServiceStatus = get(&mut c, Kind::Service, "web").await?.status_as().ok()?;
-            st.cluster_ip
-        }
-    })
-    .await;
+    let first = cluster_ip(&mut c, "web").await;
     wait_ready(&mut c, "web", 4).await;
 
     // Both sets of fields are there at the end, the address unchanged throughout.
@@ -624,16 +527,7 @@ async fn batched_writes_check_each_object_alone_through_raft() {
     use gantry_control_plane::controllers::writer::{Outcome, Writer};
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let m = start(
-        "s1",
-        root.path().join("s1"),
-        None,
-        Bootstrap::Init,
-        &Options::default(),
-    )
-    .await
-    .expect("s1");
-    wait_for("s1 to lead", || async { m.is_leader().then_some(()) }).await;
+    let m = one_member(root.path(), &Options::default()).await;
     let writer = Writer::new(m.handle.raft.clone(), Duration::from_secs(5));
 
     // Create three services in one entry; one of them twice, which only that item refuses.
@@ -685,10 +579,7 @@ async fn scheduler_end_to_end_figures() {
         leader_tasks: Vec::new(),
         ..Options::default()
     };
-    let m = start("s1", root.path().join("s1"), None, Bootstrap::Init, &opts)
-        .await
-        .expect("s1");
-    wait_for("s1 to lead", || async { m.is_leader().then_some(()) }).await;
+    let m = one_member(root.path(), &opts).await;
     let c = m.client().await;
     let mut objects = Vec::new();
     for i in 0..1000 {

@@ -6,12 +6,10 @@
 mod common;
 
 use common::*;
-use gantry_api::model::{NodeSpec, NodeStatus, ReplicaStatus, ServiceStatus};
+use gantry_api::model::{NodeSpec, ServiceStatus};
 use gantry_api::net::Ipv4Cidr;
 use gantry_api::objects::{Kind, Object};
-use gantry_api::proto::{self, CreateRequest, DeleteRequest, ListRequest, UpdateRequest};
-use gantry_control_plane::controllers::{default_controllers, ControllerConfig};
-use gantry_control_plane::server::Bootstrap;
+use gantry_control_plane::controllers::ControllerConfig;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -26,108 +24,9 @@ fn config() -> ControllerConfig {
     }
 }
 
-fn opts(cfg: ControllerConfig) -> Options {
-    Options {
-        leader_tasks: default_controllers(cfg),
-        ..Options::default()
-    }
-}
-
-async fn one_member(root: &std::path::Path, cfg: ControllerConfig) -> Member {
-    let m = start("s1", root.join("s1"), None, Bootstrap::Init, &opts(cfg))
-        .await
-        .expect("s1");
-    wait_for("s1 to lead", || async { m.is_leader().then_some(()) }).await;
-    m
-}
-
-/// Lists `kind`, retrying while the cluster elects a leader.
-async fn list(c: &mut Client, kind: Kind) -> Vec<Object> {
-    let start = std::time::Instant::now();
-    loop {
-        let r = c
-            .list(ListRequest {
-                kind: kind.to_string(),
-                consistency: proto::Consistency::Linearizable as i32,
-            })
-            .await;
-        match r {
-            Ok(r) => {
-                return r
-                    .into_inner()
-                    .items
-                    .iter()
-                    .map(|o| Object::from_json(&o.json).expect("object"))
-                    .collect()
-            }
-            Err(e) => assert!(start.elapsed() < DEADLINE, "list {kind}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn get(c: &mut Client, kind: Kind, name: &str) -> Option<Object> {
-    list(c, kind)
-        .await
-        .into_iter()
-        .find(|o| o.metadata.name == name)
-}
-
-fn envelope(o: &Object) -> Option<proto::Object> {
-    Some(proto::Object {
-        kind: o.kind.to_string(),
-        name: o.metadata.name.clone(),
-        resource_version: o.resource_version(),
-        json: o.to_json(),
-    })
-}
-
-async fn create(c: &mut Client, o: &Object) {
-    c.create(CreateRequest {
-        object: envelope(o),
-    })
-    .await
-    .expect("create");
-}
-
-async fn delete(c: &mut Client, kind: Kind, name: &str) {
-    c.delete(DeleteRequest {
-        kind: kind.to_string(),
-        name: name.into(),
-        expected_resource_version: 0,
-    })
-    .await
-    .expect("delete");
-}
-
-/// Read-modify-write with compare-and-swap, retrying on conflict.
-async fn modify(c: &mut Client, kind: Kind, name: &str, f: impl Fn(&mut Object)) {
-    for _ in 0..50 {
-        let mut o = get(c, kind, name).await.expect("object exists");
-        f(&mut o);
-        if c.update(UpdateRequest {
-            object: envelope(&o),
-        })
-        .await
-        .is_ok()
-        {
-            return;
-        }
-    }
-    panic!("could not update {kind}/{name}");
-}
-
 /// A ready node with room for a few small replicas.
 async fn add_node(c: &mut Client, name: &str) {
-    let mut o = Object::new(Kind::Node, name);
-    o.spec = serde_json::json!({"address": "127.0.0.1:1",
-        "capacity": {"cpu": "2", "memory": "1Gi", "replicas": 20}});
-    o.set_status(&NodeStatus {
-        ready: true,
-        last_heartbeat: Some(gantry_api::events::now_rfc3339_millis()),
-        ..NodeStatus::default()
-    });
-    create(c, &o).await;
+    create(c, &ready_node(name)).await;
 }
 
 /// Waits until each of `names` has a replica subnet; answers them by node.
@@ -207,7 +106,7 @@ async fn events(c: &mut Client, reason: &str) -> Vec<(String, String)> {
 async fn nodes_get_distinct_subnets_and_a_deleted_nodes_subnet_is_reused() {
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let m = one_member(root.path(), config()).await;
+    let m = one_member(root.path(), &with_controllers(config())).await;
     let mut c = m.client().await;
 
     // Three nodes, three distinct /24s of the default range, lowest first, with the ranges
@@ -256,7 +155,7 @@ async fn exhausted_cluster_range_leaves_a_node_without_subnet_and_the_scheduler_
         cluster_cidr: "10.214.0.0/23".parse().unwrap(),
         ..config()
     };
-    let m = one_member(root.path(), cfg).await;
+    let m = one_member(root.path(), &with_controllers(cfg)).await;
     let mut c = m.client().await;
     for n in ["n1", "n2"] {
         add_node(&mut c, n).await;
@@ -293,15 +192,7 @@ async fn exhausted_cluster_range_leaves_a_node_without_subnet_and_the_scheduler_
     let mut big = service("big", 1, serde_json::json!([]));
     big.spec["template"]["resources"]["requests"]["memory"] = "4Gi".into();
     create(&mut c, &big).await;
-    let msg = wait_for("big to be unschedulable", || {
-        let mut c = c.clone();
-        async move {
-            let r = list(&mut c, Kind::Replica).await.into_iter().next()?;
-            let st: ReplicaStatus = r.status_as().unwrap();
-            (st.reason.as_deref() == Some("Unschedulable")).then(|| st.message.unwrap_or_default())
-        }
-    })
-    .await;
+    let msg = unschedulable_message(&mut c, "big").await;
     assert_eq!(
         msg,
         "0/3 nodes are available: 2 insufficient memory, 1 no replica subnet"
@@ -317,7 +208,7 @@ async fn exhausted_cluster_range_leaves_a_node_without_subnet_and_the_scheduler_
 async fn services_get_distinct_stable_cluster_ips_that_survive_a_leader_change() {
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let mut members = cluster(root.path(), &opts(config())).await;
+    let mut members = cluster(root.path(), &with_controllers(config())).await;
     let leader = leader_index(&members).await;
     let other = (leader + 1) % 3;
     let mut c = members[other].client().await;
@@ -373,7 +264,7 @@ async fn services_get_distinct_stable_cluster_ips_that_survive_a_leader_change()
 async fn node_port_conflict_sets_network_error_on_the_younger_service_only() {
     init_tracing();
     let root = tempfile::tempdir().unwrap();
-    let m = one_member(root.path(), config()).await;
+    let m = one_member(root.path(), &with_controllers(config())).await;
     let mut c = m.client().await;
     let port = |np: u16| serde_json::json!([{"port": 80, "nodePort": np}]);
 

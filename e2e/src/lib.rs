@@ -30,6 +30,15 @@ pub fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A multi-threaded tokio runtime with two workers, for a test's clients of its cluster.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// The `gantry` binary next to the test executable (`target/<profile>/gantry`).
 pub fn gantry_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("GANTRY_BIN") {

@@ -5,18 +5,10 @@
 use gantry_api::model::{NodeSpec, Phase, ReplicaSpec, ReplicaStatus, ServiceStatus};
 use gantry_api::net::Ipv4Cidr;
 use gantry_api::objects::{Kind, Object};
-use gantry_e2e::{eventually, run_with_deadline, sample_workload, serial, TestCluster};
+use gantry_e2e::{eventually, run_with_deadline, runtime, sample_workload, serial, TestCluster};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 /// A service of `replicas` HTTP servers on 8080, ready while `/healthz` answers 200, published
 /// as port 80 of its address and as node port 30080.

@@ -3,17 +3,9 @@
 
 use gantry_api::model::{NodeStatus, Phase, ReplicaSpec, ReplicaStatus};
 use gantry_api::objects::{Kind, Object};
-use gantry_e2e::{eventually, serial, TestCluster};
+use gantry_e2e::{eventually, runtime, serial, TestCluster};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 /// A service of `replicas` sleeping workloads.
 fn manifest(dir: &std::path::Path, name: &str, replicas: u32) -> String {

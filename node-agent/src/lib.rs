@@ -24,6 +24,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 mod error;
+mod informer;
 pub mod network;
 pub mod node;
 pub mod probes;

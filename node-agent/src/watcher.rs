@@ -5,13 +5,13 @@
 //! Invariant: [`Desired::synced`] becomes true only after a complete list, so the reconciler
 //! never removes a container because it has not heard of its replica yet.
 
+use crate::informer::{list_watch, Mirror};
 use gantry_api::client::{Client, ClientError};
 use gantry_api::model::ReplicaSpec;
 use gantry_api::objects::{Kind, Object};
 use gantry_api::proto::EventType;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -41,98 +41,47 @@ pub async fn watch_replicas(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut pause = Duration::from_millis(100);
-    let mut healthy = true;
-    let fail = |e: &ClientError, healthy: &mut bool| {
-        if *healthy {
-            tracing::warn!(node = %node, error = %e, "replica watch lost; retrying");
+    let mut mirror = BoundHere { node, desired };
+    list_watch(Kind::Replica, &mut client, &mut mirror, &wake, &shutdown).await;
+}
+
+/// The replicas of the whole cluster as seen through a filter: those bound to `node`.
+struct BoundHere {
+    node: String,
+    desired: SharedDesired,
+}
+
+impl Mirror for BoundHere {
+    fn listed(&mut self, items: Vec<Object>, revision: u64) {
+        let node = &self.node;
+        let mut d = lock(&self.desired);
+        d.replicas = items
+            .into_iter()
+            .filter(|o| bound_here(o, node))
+            .map(|o| (o.metadata.name.clone(), o))
+            .collect();
+        d.synced = true;
+        tracing::debug!(node = %node, replicas = d.replicas.len(), revision, "replicas listed");
+    }
+
+    fn changed(&mut self, change: EventType, object: Object) -> bool {
+        let name = object.metadata.name.clone();
+        let mut d = lock(&self.desired);
+        let here = change != EventType::Deleted && bound_here(&object, &self.node);
+        if here {
+            d.replicas.insert(name, object);
+            true
+        } else {
+            d.replicas.remove(&name).is_some()
         }
-        *healthy = false;
-    };
-    'relist: loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let (items, mut revision) = match client.list(Kind::Replica).await {
-            Ok(r) => r,
-            Err(e) => {
-                fail(&e, &mut healthy);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
-                continue 'relist;
-            }
-        };
-        {
-            let mut d = lock(&desired);
-            d.replicas = items
-                .into_iter()
-                .filter(|o| bound_here(o, &node))
-                .map(|o| (o.metadata.name.clone(), o))
-                .collect();
-            d.synced = true;
-            tracing::debug!(node = %node, replicas = d.replicas.len(), revision, "replicas listed");
-        }
-        if !healthy {
-            tracing::info!(node = %node, "replica watch restored");
-        }
-        healthy = true;
-        pause = Duration::from_millis(100);
-        wake.notify_one();
-        loop {
-            let mut watch = match client.watch(Kind::Replica, revision).await {
-                Ok(w) => w,
-                Err(ClientError::Expired(_)) => continue 'relist,
-                Err(e) => {
-                    fail(&e, &mut healthy);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                    // A long outage may have compacted our revision; listing is always safe.
-                    continue 'relist;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    n = watch.next() => n,
-                };
-                match next {
-                    Ok(Some(change)) => {
-                        revision = revision.max(change.revision);
-                        let name = change.object.metadata.name.clone();
-                        let mut d = lock(&desired);
-                        let here = change.change != EventType::Deleted
-                            && bound_here(&change.object, &node);
-                        let changed = if here {
-                            d.replicas.insert(name, change.object);
-                            true
-                        } else {
-                            d.replicas.remove(&name).is_some()
-                        };
-                        drop(d);
-                        if changed {
-                            wake.notify_one();
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(ClientError::Expired(_)) => continue 'relist,
-                    Err(e) => {
-                        fail(&e, &mut healthy);
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                        break;
-                    }
-                }
-            }
-        }
+    }
+
+    fn lost(&self, error: &ClientError) {
+        tracing::warn!(node = %self.node, error = %error, "replica watch lost; retrying");
+    }
+
+    fn restored(&self) {
+        tracing::info!(node = %self.node, "replica watch restored");
     }
 }
 

@@ -31,17 +31,19 @@ pub use nodes::NodeLifecycle;
 pub use scheduler::{Scheduler, SchedulerTask};
 pub use service::ServiceController;
 
-use crate::server::LeaderTask;
+use crate::server::{LeaderContext, LeaderTask};
 use crate::types::Raft;
 use futures::future::BoxFuture;
 use gantry_api::model::Phase;
 use gantry_api::net::Ipv4Cidr;
+use gantry_api::objects::Kind;
 use informer::{Changes, Informer};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use writer::Writer;
 
 /// The label on a Replica naming its Service.
 pub const LABEL_SERVICE: &str = "gantry.io/service";
@@ -129,6 +131,25 @@ pub(crate) trait Pass: Send {
     /// Compares desired with actual for what `changes` touched (everything when
     /// `changes.relisted`); answers true to be called again soon (a write failed).
     fn pass<'a>(&'a mut self, inf: &'a Informer, changes: Changes) -> BoxFuture<'a, bool>;
+}
+
+/// Runs the controller `name`: a writer, an event recorder under `name` and an informer of
+/// `kinds`, from which `make` builds the pass that [`run_loop`] drives every coalesced batch of
+/// changes and every `resync` until `stop`.
+pub(crate) async fn run_controller<P: Pass>(
+    name: &str,
+    ctx: &LeaderContext,
+    cfg: &ControllerConfig,
+    kinds: &[Kind],
+    resync: Duration,
+    stop: &CancellationToken,
+    make: impl FnOnce(Writer, EventRecorder) -> P,
+) {
+    let writer = Writer::new(ctx.raft.clone(), cfg.write_timeout);
+    let events = EventRecorder::new(writer.clone(), ctx.store.clone(), name);
+    let mut informer = Informer::new(ctx.store.clone(), kinds);
+    let mut p = make(writer, events);
+    run_loop(&ctx.raft, &mut informer, cfg.debounce, resync, stop, &mut p).await;
 }
 
 /// Runs `p` on every coalesced batch of changes and every `resync` until `stop`.

@@ -391,24 +391,22 @@ impl LeaderTask for NetworkController {
                 tracing::error!(error = %e, "network controller not started");
                 return;
             }
-            let writer = Writer::new(ctx.raft.clone(), cfg.write_timeout);
-            let events =
-                EventRecorder::new(writer.clone(), ctx.store.clone(), "network-controller");
-            let mut informer = Informer::new(ctx.store.clone(), &[Kind::Node, Kind::Service]);
-            let mut p = NetworkPass {
-                writer,
-                events,
-                store: ctx.store.clone(),
-                ranges,
-                reported: BTreeSet::new(),
-            };
-            super::run_loop(
-                &ctx.raft,
-                &mut informer,
-                cfg.debounce,
+            let kinds = [Kind::Node, Kind::Service];
+            let store = ctx.store.clone();
+            super::run_controller(
+                "network-controller",
+                &ctx,
+                &cfg,
+                &kinds,
                 cfg.resync,
                 &stop,
-                &mut p,
+                |writer, events| NetworkPass {
+                    writer,
+                    events,
+                    store,
+                    ranges,
+                    reported: BTreeSet::new(),
+                },
             )
             .await;
         })

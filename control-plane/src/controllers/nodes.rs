@@ -47,20 +47,26 @@ impl LeaderTask for NodeLifecycle {
     fn run(&self, ctx: LeaderContext, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let cfg = self.cfg.clone();
         Box::pin(async move {
-            let writer = Writer::new(ctx.raft.clone(), cfg.write_timeout);
-            let events = EventRecorder::new(writer.clone(), ctx.store.clone(), "node-lifecycle");
-            let mut informer = Informer::new(ctx.store.clone(), &[Kind::Node, Kind::Replica]);
+            let kinds = [Kind::Node, Kind::Replica];
             // Judge often relative to the lease, so a silent node is caught soon after it
             // expires.
             let tick =
                 (cfg.node_lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-            let mut p = NodePass {
-                writer,
-                events,
-                cfg: cfg.clone(),
-                seen: HashMap::new(),
-            };
-            super::run_loop(&ctx.raft, &mut informer, cfg.debounce, tick, &stop, &mut p).await;
+            super::run_controller(
+                "node-lifecycle",
+                &ctx,
+                &cfg,
+                &kinds,
+                tick,
+                &stop,
+                |writer, events| NodePass {
+                    writer,
+                    events,
+                    cfg: cfg.clone(),
+                    seen: HashMap::new(),
+                },
+            )
+            .await;
         })
     }
 }

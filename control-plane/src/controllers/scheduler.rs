@@ -333,21 +333,19 @@ impl LeaderTask for SchedulerTask {
     fn run(&self, ctx: LeaderContext, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let cfg = self.cfg.clone();
         Box::pin(async move {
-            let writer = Writer::new(ctx.raft.clone(), cfg.write_timeout);
-            let events = EventRecorder::new(writer.clone(), ctx.store.clone(), "scheduler");
-            let mut informer = Informer::new(ctx.store.clone(), &[Kind::Node, Kind::Replica]);
-            let mut p = SchedulerPass {
-                writer,
-                events,
-                cfg: cfg.clone(),
-            };
-            super::run_loop(
-                &ctx.raft,
-                &mut informer,
-                cfg.debounce,
+            let kinds = [Kind::Node, Kind::Replica];
+            super::run_controller(
+                "scheduler",
+                &ctx,
+                &cfg,
+                &kinds,
                 cfg.resync,
                 &stop,
-                &mut p,
+                |writer, events| SchedulerPass {
+                    writer,
+                    events,
+                    cfg: cfg.clone(),
+                },
             )
             .await;
         })

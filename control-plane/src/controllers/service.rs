@@ -202,22 +202,19 @@ impl LeaderTask for ServiceController {
     fn run(&self, ctx: LeaderContext, stop: CancellationToken) -> BoxFuture<'static, ()> {
         let cfg = self.cfg.clone();
         Box::pin(async move {
-            let writer = Writer::new(ctx.raft.clone(), cfg.write_timeout);
-            let events =
-                EventRecorder::new(writer.clone(), ctx.store.clone(), "service-controller");
-            let mut informer = Informer::new(ctx.store.clone(), &[Kind::Service, Kind::Replica]);
-            let mut p = ServicePass {
-                writer,
-                events,
-                cfg: cfg.clone(),
-            };
-            super::run_loop(
-                &ctx.raft,
-                &mut informer,
-                cfg.debounce,
+            let kinds = [Kind::Service, Kind::Replica];
+            super::run_controller(
+                "service-controller",
+                &ctx,
+                &cfg,
+                &kinds,
                 cfg.resync,
                 &stop,
-                &mut p,
+                |writer, events| ServicePass {
+                    writer,
+                    events,
+                    cfg: cfg.clone(),
+                },
             )
             .await;
         })

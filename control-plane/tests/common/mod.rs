@@ -3,8 +3,13 @@
 
 pub mod procs;
 
+use gantry_api::model::{NodeStatus, ReplicaSpec, ReplicaStatus};
+use gantry_api::objects::{Kind, Object};
 use gantry_api::proto::object_service_client::ObjectServiceClient;
-use gantry_api::proto::{self, CreateRequest, GetRequest, MembersRequest};
+use gantry_api::proto::{
+    self, CreateRequest, DeleteRequest, GetRequest, ListRequest, MembersRequest, UpdateRequest,
+};
+use gantry_control_plane::controllers::{default_controllers, ControllerConfig};
 use gantry_control_plane::raft::RaftTuning;
 use gantry_control_plane::server::{
     run_with, Bootstrap, LeaderTask, MemberHandle, ServerConfig, ServerError,
@@ -231,4 +236,127 @@ pub async fn get_stale(c: &mut Client, name: &str) -> Option<proto::Object> {
     .await
     .ok()
     .and_then(|r| r.into_inner().object)
+}
+
+/// Starts a lone member s1 under `root` with `opts` and waits until it leads.
+pub async fn one_member(root: &std::path::Path, opts: &Options) -> Member {
+    let m = start("s1", root.join("s1"), None, Bootstrap::Init, opts)
+        .await
+        .expect("s1");
+    wait_for("s1 to lead", || async { m.is_leader().then_some(()) }).await;
+    m
+}
+
+/// Lists `kind`, retrying while the cluster elects a leader.
+pub async fn list(c: &mut Client, kind: Kind) -> Vec<Object> {
+    let start = std::time::Instant::now();
+    loop {
+        let r = c
+            .list(ListRequest {
+                kind: kind.to_string(),
+                consistency: proto::Consistency::Linearizable as i32,
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                return r
+                    .into_inner()
+                    .items
+                    .iter()
+                    .map(|o| Object::from_json(&o.json).expect("object"))
+                    .collect()
+            }
+            Err(e) => assert!(start.elapsed() < DEADLINE, "list {kind}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn get(c: &mut Client, kind: Kind, name: &str) -> Option<Object> {
+    list(c, kind)
+        .await
+        .into_iter()
+        .find(|o| o.metadata.name == name)
+}
+
+pub fn envelope(o: &Object) -> Option<proto::Object> {
+    Some(proto::Object {
+        kind: o.kind.to_string(),
+        name: o.metadata.name.clone(),
+        resource_version: o.resource_version(),
+        json: o.to_json(),
+    })
+}
+
+pub async fn create(c: &mut Client, o: &Object) {
+    c.create(CreateRequest {
+        object: envelope(o),
+    })
+    .await
+    .expect("create");
+}
+
+pub async fn delete(c: &mut Client, kind: Kind, name: &str) {
+    c.delete(DeleteRequest {
+        kind: kind.to_string(),
+        name: name.into(),
+        expected_resource_version: 0,
+    })
+    .await
+    .expect("delete");
+}
+
+/// Read-modify-write with compare-and-swap, retrying on conflict.
+pub async fn modify(c: &mut Client, kind: Kind, name: &str, f: impl Fn(&mut Object)) {
+    for _ in 0..50 {
+        let mut o = get(c, kind, name).await.expect("object exists");
+        f(&mut o);
+        if c.update(UpdateRequest {
+            object: envelope(&o),
+        })
+        .await
+        .is_ok()
+        {
+            return;
+        }
+    }
+    panic!("could not update {kind}/{name}");
+}
+
+/// Waits until a replica of `service` is marked Unschedulable; answers the scheduler's message.
+pub async fn unschedulable_message(c: &mut Client, service: &str) -> String {
+    wait_for(&format!("{service} to be unschedulable"), || {
+        let mut c = c.clone();
+        async move {
+            let r = list(&mut c, Kind::Replica).await.into_iter().find(|r| {
+                r.spec_as::<ReplicaSpec>()
+                    .is_ok_and(|s| s.service == service)
+            })?;
+            let st: ReplicaStatus = r.status_as().unwrap();
+            // Lazily: a replica seen before the scheduler marked it has no message yet.
+            (st.reason.as_deref() == Some("Unschedulable")).then(|| st.message.unwrap_or_default())
+        }
+    })
+    .await
+}
+
+/// Options of a member running the default controllers with `cfg`.
+pub fn with_controllers(cfg: ControllerConfig) -> Options {
+    Options {
+        leader_tasks: default_controllers(cfg),
+        ..Options::default()
+    }
+}
+
+/// A ready Node object with room for a few small replicas.
+pub fn ready_node(name: &str) -> Object {
+    let mut o = Object::new(Kind::Node, name);
+    o.spec = serde_json::json!({"address": "127.0.0.1:1",
+        "capacity": {"cpu": "2", "memory": "1Gi", "replicas": 20}});
+    o.set_status(&NodeStatus {
+        ready: true,
+        last_heartbeat: Some(gantry_api::events::now_rfc3339_millis()),
+        ..NodeStatus::default()
+    });
+    o
 }

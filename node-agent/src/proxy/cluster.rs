@@ -7,13 +7,14 @@
 //! services not heard of yet, e.g. right after an agent restart).
 
 use super::endpoints::{ReplicaEntry, ServiceEntry};
+use crate::informer::{list_watch, Mirror};
 use crate::watcher::lock;
 use gantry_api::client::{Client, ClientError};
 use gantry_api::objects::{Kind, Object};
 use gantry_api::proto::EventType;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -109,84 +110,34 @@ pub async fn watch_kind(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut pause = Duration::from_millis(100);
-    let mut healthy = true;
-    let fail = |e: &ClientError, healthy: &mut bool| {
-        if *healthy {
-            tracing::warn!(kind = %kind, error = %e, "proxy watch lost; retrying");
-        }
-        *healthy = false;
-    };
-    'relist: loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let (items, mut revision) = match client.list(kind).await {
-            Ok(r) => r,
-            Err(e) => {
-                fail(&e, &mut healthy);
-                if sleep_or_shutdown(&mut pause, &shutdown).await {
-                    return;
-                }
-                continue 'relist;
-            }
-        };
-        lock(&cluster).replace(kind, &items);
-        tracing::debug!(kind = %kind, objects = items.len(), revision, "proxy listed");
-        if !healthy {
-            tracing::info!(kind = %kind, "proxy watch restored");
-        }
-        healthy = true;
-        pause = Duration::from_millis(100);
-        wake.notify_one();
-        loop {
-            let mut watch = match client.watch(kind, revision).await {
-                Ok(w) => w,
-                Err(ClientError::Expired(_)) => continue 'relist,
-                Err(e) => {
-                    fail(&e, &mut healthy);
-                    if sleep_or_shutdown(&mut pause, &shutdown).await {
-                        return;
-                    }
-                    // A long outage may have compacted our revision; listing is always safe.
-                    continue 'relist;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    n = watch.next() => n,
-                };
-                match next {
-                    Ok(Some(change)) => {
-                        revision = revision.max(change.revision);
-                        if lock(&cluster).apply(change.change, &change.object) {
-                            wake.notify_one();
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(ClientError::Expired(_)) => continue 'relist,
-                    Err(e) => {
-                        fail(&e, &mut healthy);
-                        if sleep_or_shutdown(&mut pause, &shutdown).await {
-                            return;
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-    }
+    let mut mirror = KindOf { kind, cluster };
+    list_watch(kind, &mut client, &mut mirror, &wake, &shutdown).await;
 }
 
-/// Sleeps for `pause` and doubles it (up to 5 s); true when shutdown came first.
-async fn sleep_or_shutdown(pause: &mut Duration, shutdown: &CancellationToken) -> bool {
-    let cancelled = tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(*pause) => false,
-    };
-    *pause = (*pause * 2).min(Duration::from_secs(5));
-    cancelled
+/// The `kind` part of a shared [`Cluster`].
+struct KindOf {
+    kind: Kind,
+    cluster: Arc<Mutex<Cluster>>,
+}
+
+impl Mirror for KindOf {
+    fn listed(&mut self, items: Vec<Object>, revision: u64) {
+        let kind = self.kind;
+        lock(&self.cluster).replace(kind, &items);
+        tracing::debug!(kind = %kind, objects = items.len(), revision, "proxy listed");
+    }
+
+    fn changed(&mut self, change: EventType, object: Object) -> bool {
+        lock(&self.cluster).apply(change, &object)
+    }
+
+    fn lost(&self, error: &ClientError) {
+        tracing::warn!(kind = %self.kind, error = %error, "proxy watch lost; retrying");
+    }
+
+    fn restored(&self) {
+        tracing::info!(kind = %self.kind, "proxy watch restored");
+    }
 }
 
 #[cfg(test)]
