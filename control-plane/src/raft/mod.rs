@@ -4,7 +4,7 @@
 pub mod network;
 pub mod service;
 
-pub use network::{GrpcNetwork, MAX_MESSAGE_BYTES};
+pub use network::{GrpcNetwork, DEFAULT_MAX_APPEND_BYTES, MAX_MESSAGE_BYTES};
 pub use service::RaftGrpc;
 
 use std::time::Duration;

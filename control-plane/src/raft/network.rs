@@ -1,12 +1,23 @@
 //! [`GrpcNetwork`]: openraft's network over tonic. One lazily connected channel per peer;
 //! every request carries the cluster id and a serde-JSON payload. Transport failures map to
 //! `Unreachable` (openraft backs off), a refusal by the peer to `NetworkError`.
+//!
+//! openraft 0.9 gives every `AppendEntries` one heartbeat interval to complete, and sends a
+//! follower that is behind up to `max_payload_entries` (300) entries per call. With entries of a
+//! few KB such a call cannot finish in time, every retry times out the same way, the follower
+//! never catches up, and since a stream that keeps failing stays in back-off, it does not hear
+//! heartbeats either and disrupts the leader with elections. So each peer client keeps a byte
+//! budget per `AppendEntries` ([`DEFAULT_MAX_APPEND_BYTES`] at most): a larger request of more
+//! than one entry is refused locally with `PayloadTooLarge` and an entries hint, and openraft
+//! resends fewer entries at once. A call that does not complete within its deadline halves the
+//! budget; a quick one doubles it back.
 
 use crate::types::{MemberNode, NodeId, TypeConfig};
 use gantry_api::proto::raft_service_client::RaftServiceClient;
 use gantry_api::proto::{RaftReply, RaftRequest};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -14,16 +25,23 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 /// The largest gRPC message a member sends or accepts (snapshot chunks are 4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The default largest byte budget of one `AppendEntries` request (its encoded payload).
+pub const DEFAULT_MAX_APPEND_BYTES: usize = 128 * 1024;
+
+/// The budget never shrinks below this (a few entries of a few KB).
+const MIN_APPEND_BYTES: usize = 8 * 1024;
+
 /// Creates per-peer clients.
 #[derive(Clone)]
 pub struct GrpcNetwork {
     cluster_id: Arc<str>,
+    max_append_bytes: usize,
 }
 
 impl GrpcNetwork {
@@ -31,7 +49,15 @@ impl GrpcNetwork {
     pub fn new(cluster_id: &str) -> Self {
         GrpcNetwork {
             cluster_id: cluster_id.into(),
+            max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
         }
+    }
+
+    /// Sets the byte budget of one `AppendEntries` payload; a request of more than one entry
+    /// above it is split by openraft. A single entry is always sent.
+    pub fn with_max_append_bytes(mut self, bytes: usize) -> Self {
+        self.max_append_bytes = bytes.max(1);
+        self
     }
 }
 
@@ -49,6 +75,13 @@ pub struct PeerClient {
     cluster_id: Arc<str>,
     client: Option<RaftServiceClient<Channel>>,
     addr: String,
+    /// Largest budget of one `AppendEntries` payload.
+    max_append_bytes: usize,
+    /// Current budget: shrinks when calls miss their deadline, grows back when they are quick.
+    append_budget: usize,
+    /// Set while an `AppendEntries` is sent; still set at the next call when openraft dropped
+    /// the call at its deadline.
+    append_in_flight: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -65,6 +98,9 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             cluster_id: self.cluster_id.clone(),
             client,
             addr: node.addr.clone(),
+            max_append_bytes: self.max_append_bytes,
+            append_budget: self.max_append_bytes,
+            append_in_flight: false,
         }
     }
 }
@@ -73,15 +109,42 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 #[error("{0}")]
 struct Message(String);
 
+// openraft's `RPCError` is large by design and is the error type of its network trait.
+#[allow(clippy::result_large_err)]
+fn encode<Req: serde::Serialize, E: std::error::Error>(
+    req: &Req,
+) -> Result<Vec<u8>, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>> {
+    serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+/// How many of `entries` entries, encoded in `bytes`, fit in `budget` bytes: at least one and
+/// fewer than `entries`.
+fn entries_hint(entries: usize, bytes: usize, budget: usize) -> u64 {
+    let entries = u64::try_from(entries).unwrap_or(u64::MAX);
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX).max(1);
+    let budget = u64::try_from(budget).unwrap_or(u64::MAX);
+    (entries.saturating_mul(budget) / bytes).clamp(1, entries.saturating_sub(1).max(1))
+}
+
 impl PeerClient {
-    async fn call<Req, Resp, E>(
+    fn shrink_budget(&mut self) {
+        self.append_budget = (self.append_budget / 2)
+            .max(MIN_APPEND_BYTES)
+            .min(self.max_append_bytes);
+        tracing::debug!(
+            target_id = self.target,
+            budget = self.append_budget,
+            "append_entries missed its deadline, sending less at once"
+        );
+    }
+
+    async fn call<Resp, E>(
         &mut self,
         which: Rpc,
-        req: &Req,
+        data: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>
     where
-        Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
@@ -91,7 +154,8 @@ impl PeerClient {
                 self.addr
             )))));
         };
-        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = data.len();
+        let started = Instant::now();
         let mut request = tonic::Request::new(RaftRequest {
             cluster_id: self.cluster_id.to_string(),
             data,
@@ -105,6 +169,8 @@ impl PeerClient {
         let reply: RaftReply = match reply {
             Ok(r) => r.into_inner(),
             Err(status) => {
+                tracing::debug!(target_id = self.target, rpc = which.name(), bytes,
+                    elapsed = ?started.elapsed(), code = ?status.code(), "raft rpc failed");
                 let err = Message(format!(
                     "{} ({}): {}",
                     self.addr,
@@ -132,6 +198,16 @@ enum Rpc {
     Snapshot,
 }
 
+impl Rpc {
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::Append => "append_entries",
+            Rpc::Vote => "vote",
+            Rpc::Snapshot => "install_snapshot",
+        }
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
@@ -139,7 +215,46 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
     {
-        self.call(Rpc::Append, &rpc, &option).await
+        if std::mem::take(&mut self.append_in_flight) {
+            self.shrink_budget();
+        }
+        let data = encode(&rpc)?;
+        let entries = rpc.entries.len();
+        if data.len() > self.append_budget && entries > 1 {
+            let hint = entries_hint(entries, data.len(), self.append_budget);
+            tracing::debug!(
+                target_id = self.target,
+                entries,
+                bytes = data.len(),
+                budget = self.append_budget,
+                hint,
+                "append_entries over budget, splitting"
+            );
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        tracing::trace!(
+            target_id = self.target,
+            entries,
+            bytes = data.len(),
+            "append_entries"
+        );
+        let bytes = data.len();
+        let started = Instant::now();
+        self.append_in_flight = true;
+        let result = self.call(Rpc::Append, data, &option).await;
+        self.append_in_flight = false;
+        let elapsed = started.elapsed();
+        if elapsed >= option.hard_ttl() {
+            self.shrink_budget();
+        } else if result.is_ok()
+            && elapsed < option.soft_ttl() / 2
+            && bytes * 2 > self.append_budget
+        {
+            self.append_budget = (self.append_budget * 2).min(self.max_append_bytes);
+        }
+        result
     }
 
     async fn install_snapshot(
@@ -150,7 +265,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        let data = encode(&rpc)?;
+        self.call(Rpc::Snapshot, data, &option).await
     }
 
     async fn vote(
@@ -158,6 +274,106 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        let data = encode(&rpc)?;
+        self.call(Rpc::Vote, data, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Request;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    /// `n` entries of about 2 KB each, like the services of the disk-full e2e test.
+    fn append(n: u64) -> AppendEntriesRequest<TypeConfig> {
+        let entries = (1..=n)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(Request::Create {
+                    kind: "Service".into(),
+                    name: format!("s{i}"),
+                    json: format!("{:0>2000}", i),
+                }),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    async fn peer() -> PeerClient {
+        let node = MemberNode {
+            name: "s2".into(),
+            // Not a valid address: any call that gets past the budget check is unreachable.
+            addr: "no such address".into(),
+        };
+        GrpcNetwork::new("c")
+            .with_max_append_bytes(64 * 1024)
+            .new_client(2, &node)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_batch_over_the_byte_budget_is_split_by_a_hint() {
+        let mut peer = peer().await;
+        // What openraft sends a follower that is far behind: max_payload_entries entries.
+        let err = peer
+            .append_entries(append(300), RPCOption::new(Duration::from_millis(100)))
+            .await
+            .unwrap_err();
+        let RPCError::PayloadTooLarge(too_large) = err else {
+            panic!("not split: {err}");
+        };
+        let hint = too_large.entries_hint();
+        assert!((1..300).contains(&hint), "hint {hint}");
+        // The hinted number of entries fits the budget.
+        let fitted = serde_json::to_vec(&append(hint)).unwrap();
+        assert!(fitted.len() <= 64 * 1024, "{} bytes", fitted.len());
+    }
+
+    #[tokio::test]
+    async fn a_single_entry_is_sent_whatever_its_size() {
+        let mut peer = peer().await;
+        let mut one = append(1);
+        if let EntryPayload::Normal(Request::Create { json, .. }) = &mut one.entries[0].payload {
+            *json = "x".repeat(200 * 1024);
+        }
+        let err = peer
+            .append_entries(one, RPCOption::new(Duration::from_millis(100)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_at_its_deadline_halves_the_budget() {
+        let mut peer = peer().await;
+        // As openraft does at the deadline: the call is dropped while in flight.
+        peer.append_in_flight = true;
+        let err = peer
+            .append_entries(append(30), RPCOption::new(Duration::from_millis(100)))
+            .await
+            .unwrap_err();
+        assert_eq!(peer.append_budget, 32 * 1024);
+        let RPCError::PayloadTooLarge(too_large) = err else {
+            panic!("not split: {err}");
+        };
+        let fitted = serde_json::to_vec(&append(too_large.entries_hint())).unwrap();
+        assert!(fitted.len() <= 32 * 1024, "{} bytes", fitted.len());
+        for _ in 0..10 {
+            peer.shrink_budget();
+        }
+        assert_eq!(peer.append_budget, MIN_APPEND_BYTES);
+    }
+
+    #[test]
+    fn hints_stay_between_one_and_fewer_than_sent() {
+        assert_eq!(entries_hint(300, 660_000, 131_072), 59);
+        assert_eq!(entries_hint(2, 10_000_000, 1), 1);
+        assert_eq!(entries_hint(10, 200, 100), 5);
     }
 }

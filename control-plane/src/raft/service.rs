@@ -47,8 +47,14 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let req = self.decode(request.get_ref())?;
-        reply(&self.raft.append_entries(req).await)
+        let started = std::time::Instant::now();
+        let bytes = request.get_ref().data.len();
+        let req: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
+            self.decode(request.get_ref())?;
+        let entries = req.entries.len();
+        let result = self.raft.append_entries(req).await;
+        tracing::trace!(entries, bytes, elapsed = ?started.elapsed(), "append_entries handled");
+        reply(&result)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
