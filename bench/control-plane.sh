@@ -2,8 +2,35 @@
 # Control-plane figures: three Gantry members against three etcd members (Debian's
 # etcd-server, fsync on commit) on loopback, same machine, same run: writes/s and p50/p99 at
 # 1, 16 and 64 clients, leader-kill failover time, and member memory with many objects.
-# The drivers live in control-plane/tests/figures.rs (ignored by `cargo test`).
+# The drivers live in control-plane/tests/figures.rs (ignored by `cargo test`). The build
+# honours CARGO_TARGET_DIR. At the end a table compares Gantry with etcd from this run
+# (ratios > 1 for writes/s and < 1 for latency mean Gantry is ahead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "bench: etcd is not installed (apt-get install etcd-server)" >&2; exit 1; }
-cargo test --release --locked -p gantry-control-plane --test figures -- --ignored --nocapture --test-threads=1
+out=$(mktemp /tmp/gantry-cp-bench.XXXXXX)
+trap 'rm -f "$out"' EXIT
+cargo test --release --locked -p gantry-control-plane --test figures -- --ignored --nocapture --test-threads=1 2>&1 | tee "$out"
+python3 - "$out" <<'PY'
+import re, sys
+rows = {}
+def ms(v):
+    m = re.fullmatch(r"([0-9.]+)(ns|µs|us|ms|s)", v)
+    scale = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
+    return float(m.group(1)) * scale[m.group(2)] if m else float("nan")
+pat = re.compile(r"(etcd )?clients=(\d+)\s+writes/s=\s*(\d+) p50=(\S+) p99=(\S+)")
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    m = pat.search(line)
+    if m:
+        who = "etcd" if m.group(1) else "gantry"
+        rows.setdefault(int(m.group(2)), {})[who] = (int(m.group(3)), ms(m.group(4)), ms(m.group(5)))
+print()
+print("| clients | Gantry writes/s | p50 ms | p99 ms | etcd writes/s | p50 ms | p99 ms | writes/s G/e | p50 G/e | p99 G/e |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for c in sorted(rows):
+    g, e = rows[c].get("gantry"), rows[c].get("etcd")
+    if not g or not e:
+        continue
+    print(f"| {c} | {g[0]} | {g[1]:.2f} | {g[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} "
+          f"| {g[0]/e[0]:.2f} | {g[1]/e[1]:.2f} | {g[2]/e[2]:.2f} |")
+PY

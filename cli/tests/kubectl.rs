@@ -504,11 +504,19 @@ fn delete_removes_services_and_reports_missing_ones() {
     let cluster = Cluster::start();
     let file = cluster.write("web.yaml", &service_yaml("web", 1, "app: web"));
     cluster.ok(&["apply", "-f", p(&file)]);
-    assert_eq!(
-        cluster.ok(&["delete", "-f", p(&file), "--wait", "--timeout", "20s"]),
-        "service \"web\" deleted\n"
-    );
+    // The controller removes the replicas after the service: whether `--wait` saw one left
+    // (and said so) depends on timing; it must end with none.
+    let out = cluster.ok(&["delete", "-f", p(&file), "--wait", "--timeout", "20s"]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("service \"web\" deleted"), "{out}");
+    assert!(lines.all(|l| l == "web: 1 replicas left"), "{out}");
     assert!(cluster.get(Kind::Service, "web").is_none());
+    let left =
+        cluster.with_client(async |c: &mut Client| c.list(Kind::Replica).await.expect("list").0);
+    assert!(
+        left.is_empty(),
+        "replicas left after delete --wait: {left:?}"
+    );
     let out = cluster.run(&["delete", "service", "web"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

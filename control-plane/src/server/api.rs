@@ -3,6 +3,7 @@
 //! leader; stale reads and watch are served from the local state machine. Errors map to gRPC
 //! status codes in [`ApiError::into_status`], the one place that does so.
 
+use super::batcher::{ProposeError, WriteBatcher};
 use crate::raft::network::channel;
 use crate::store::state_machine::WatchError;
 use crate::store::{ChangeType, ObjectStore, StoreError, WatchItem};
@@ -110,6 +111,7 @@ pub struct ObjectApi {
     pub(crate) timeout: Duration,
     pub(crate) watch_buffer: usize,
     peers: Arc<Mutex<HashMap<String, ObjectServiceClient<Channel>>>>,
+    batcher: WriteBatcher,
 }
 
 fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
@@ -177,6 +179,7 @@ impl ObjectApi {
     ) -> Self {
         ObjectApi {
             id,
+            batcher: WriteBatcher::new(raft.clone(), timeout),
             raft,
             store,
             cluster_id: cluster_id.into(),
@@ -216,15 +219,21 @@ impl ObjectApi {
         ApiError::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone()))
     }
 
-    /// Proposes `req` and waits for it to be applied, within the deadline.
+    /// Proposes `req` (gathered with concurrent writes into one entry by the batcher) and
+    /// waits for it to be applied, within the deadline.
     async fn propose(&self, req: Request) -> Result<Response, ApiError> {
-        match tokio::time::timeout(self.timeout, self.raft.client_write(req)).await {
-            Err(_) => Err(ApiError::Timeout("write", self.timeout)),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(Self::not_leader(&f))
+        match tokio::time::timeout(self.timeout, self.batcher.propose(req)).await {
+            Err(_) | Ok(Err(ProposeError::Timeout)) => {
+                Err(ApiError::Timeout("write", self.timeout))
             }
-            Ok(Err(e)) => Err(ApiError::Raft(e.to_string())),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(ProposeError::Raft(e))) => match *e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    Err(Self::not_leader(&f))
+                }
+                e => Err(ApiError::Raft(e.to_string())),
+            },
+            Ok(Err(ProposeError::Stopped)) => Err(ApiError::Raft("the member is stopping".into())),
         }
     }
 

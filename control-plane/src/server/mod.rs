@@ -7,6 +7,7 @@
 //! restart can never change which cluster a directory belongs to.
 
 pub mod api;
+pub mod batcher;
 pub mod identity;
 pub mod leader;
 
@@ -283,7 +284,10 @@ pub async fn run_with(
     let stop_serving = CancellationToken::new();
     let server = {
         let stop = stop_serving.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // `Server::tcp_nodelay` only applies to listeners tonic binds itself: set it on ours,
+        // or Nagle holds back small replies (Raft acks, write answers) behind unacked data.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(

@@ -82,6 +82,21 @@ async fn group_commit(
     }
 }
 
+/// Writes each entry on its own: an append need not be atomic (openraft only relies on it
+/// once the callback fired, after the flush, and a crash before keeps a prefix of the writes,
+/// so never a hole), and a multi-key batch costs sled an extra log-buffer write.
+fn append_each<I>(kv: &dyn KvBackend, entries: I) -> Result<(), StorageError<NodeId>>
+where
+    I: IntoIterator<Item = Entry<TypeConfig>>,
+{
+    for entry in entries {
+        let mut one = WriteBatch::default();
+        one.put(index_key(entry.log_id.index), encode(&entry));
+        kv.apply(LOG, one).map_err(write_err)?;
+    }
+    Ok(())
+}
+
 fn index_key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
 }
@@ -168,11 +183,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::default();
-        for entry in entries {
-            batch.put(index_key(entry.log_id.index), encode(&entry));
-        }
-        self.kv.apply(LOG, batch).map_err(write_err)?;
+        append_each(&*self.kv, entries)?;
         if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
             // The flusher only stops when every store is gone; flush inline as a fallback.
             let flushed = self.kv.flush().await;
