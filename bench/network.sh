@@ -50,14 +50,16 @@ spec:
 EOF
 "$gantry" apply -f "$work/bench.yaml" --wait --timeout 60s >/dev/null
 vip="$("$gantry" get service bench -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["clusterIP"])')"
-rep="$("$gantry" get replicas -o json | python3 -c '
+# "NAME IP NODE" of the bench service's first replica.
+first_replica() {
+    "$gantry" get replicas -o json | python3 -c '
 import json,sys
 items=json.load(sys.stdin)
 items=items.get("items", items) if isinstance(items, dict) else items
 r=[i for i in items if i["spec"]["service"]=="bench"][0]
-print(r["status"]["replicaIp"], r["spec"]["nodeName"])')"
-rip="${rep% *}"; node="${rep#* }"
-other=n1; [ "$node" = n1 ] && other=n2
+print(r["metadata"]["name"], r["status"]["replicaIp"], r["spec"]["nodeName"])'
+}
+read -r _ rip node <<<"$(first_replica)"
 node_ip="$("$gantry" get node "$node" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["spec"]["address"].rsplit(":",1)[0])')"
 echo "service bench: clusterIP $vip, replica $rip on $node ($node_ip); clients in $node's and s1's namespaces"
 
@@ -84,13 +86,7 @@ awk -v d="$d" -v v="$v" -v n="$n" -v c="$CONNS" -v t="$DURATION" 'BEGIN {
 
 # Readiness cut-off with two replicas: break one, keep asking the service.
 "$gantry" scale service bench --replicas 2 --wait --timeout 60s >/dev/null
-victim="$("$gantry" get replicas -o json | python3 -c '
-import json,sys
-items=json.load(sys.stdin)
-items=items.get("items", items) if isinstance(items, dict) else items
-r=[i for i in items if i["spec"]["service"]=="bench"][0]
-print(r["metadata"]["name"], r["status"]["replicaIp"])')"
-victim_name="${victim% *}"; victim_ip="${victim#* }"
+read -r victim_name victim_ip _ <<<"$(first_replica)"
 log="$work/hits.log"
 in_ns "$node" python3 - "$vip" "$log" <<'EOF' &
 import socket, sys, time
