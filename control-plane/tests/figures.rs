@@ -75,6 +75,37 @@ async fn load(addrs: &[String], clients: usize, secs: u64, prefix: &str) -> (usi
     (all.len(), all)
 }
 
+/// Creates exactly `objects` objects through `clients` concurrent clients.
+async fn fill(addr: &str, objects: usize, clients: usize) {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = try_client(addr).await.unwrap();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= objects {
+                    return;
+                }
+                let req = create_req(&format!("fill-{i}"));
+                // A failed create is retried until it is in (a retry of one that did commit
+                // finds it there).
+                loop {
+                    match client.create(req.clone()).await {
+                        Ok(_) => break,
+                        Err(s) if s.code() == tonic::Code::AlreadyExists => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "figures: run explicitly with --ignored --nocapture"]
 async fn figures() {
@@ -84,26 +115,8 @@ async fn figures() {
     let leader = leader_addr(&addrs[0]).await;
     let leader_only = vec![leader.clone()];
 
-    // Clients talk to the leader, as etcd clients do.
-    let mut total = 0;
-    for clients in [1usize, 16, 64] {
-        let secs = 5;
-        let (n, lat) = load(&leader_only, clients, secs, &format!("c{clients}")).await;
-        total += n;
-        let pct = |p: f64| percentile(&lat, p);
-        println!(
-            "clients={clients:<3} writes/s={:>8.0} p50={:?} p99={:?}",
-            n as f64 / secs as f64,
-            pct(0.50),
-            pct(0.99)
-        );
-    }
-
-    // Top up to 10,000 objects, then resident memory of every member.
-    while total < 10_000 {
-        let (n, _) = load(&leader_only, 64, 2, &format!("fill{total}")).await;
-        total += n;
-    }
+    // Resident memory of every member holding 10,000 objects (written by 64 clients).
+    fill(&leader, 10_000, 64).await;
     wait_for("followers to apply", || async {
         let m = members_of(&leader).await?;
         let max = m.members.iter().map(|m| m.last_applied).max()?;
@@ -115,9 +128,22 @@ async fn figures() {
     .await;
     for p in &procs {
         println!(
-            "objects={total} member={} rss={} KiB",
+            "objects=10000 member={} rss={} KiB",
             p.name,
             rss_kib(p.child.id())
+        );
+    }
+
+    // Clients talk to the leader, as etcd clients do.
+    for clients in [1usize, 16, 64] {
+        let secs = 5;
+        let (n, lat) = load(&leader_only, clients, secs, &format!("c{clients}")).await;
+        let pct = |p: f64| percentile(&lat, p);
+        println!(
+            "clients={clients:<3} writes/s={:>8.0} p50={:?} p99={:?}",
+            n as f64 / secs as f64,
+            pct(0.50),
+            pct(0.99)
         );
     }
 

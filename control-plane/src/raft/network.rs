@@ -11,7 +11,12 @@
 //! than one entry is refused locally with `PayloadTooLarge` and an entries hint, and openraft
 //! resends fewer entries at once. A call that does not complete within its deadline halves the
 //! budget; a quick one doubles it back.
+//!
+//! With a [`Durability`] (a leader reporting its own appends before their flush), the commit
+//! index an `AppendEntries` carries is lowered to the leader's durable log, so a follower
+//! never applies an entry the leader could still lose.
 
+use crate::store::durability::{Clamp, Durability};
 use crate::types::{MemberNode, NodeId, TypeConfig};
 use gantry_api::proto::raft_service_client::RaftServiceClient;
 use gantry_api::proto::{RaftReply, RaftRequest};
@@ -42,6 +47,7 @@ const MIN_APPEND_BYTES: usize = 8 * 1024;
 pub struct GrpcNetwork {
     cluster_id: Arc<str>,
     max_append_bytes: usize,
+    durability: Option<Durability>,
 }
 
 impl GrpcNetwork {
@@ -50,7 +56,15 @@ impl GrpcNetwork {
         GrpcNetwork {
             cluster_id: cluster_id.into(),
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+            durability: None,
         }
+    }
+
+    /// Never tells a follower a commit index above what `durability` knows flushed here:
+    /// required when the log store reports a leader's appends early (see [`Durability`]).
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
     }
 
     /// Sets the byte budget of one `AppendEntries` payload; a request of more than one entry
@@ -82,6 +96,7 @@ pub struct PeerClient {
     /// Set while an `AppendEntries` is sent; still set at the next call when openraft dropped
     /// the call at its deadline.
     append_in_flight: bool,
+    durability: Option<Durability>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -101,6 +116,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             max_append_bytes: self.max_append_bytes,
             append_budget: self.max_append_bytes,
             append_in_flight: false,
+            durability: self.durability.clone(),
         }
     }
 }
@@ -211,10 +227,27 @@ impl Rpc {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
     {
+        if let Some(durability) = &self.durability {
+            let known: Vec<_> = rpc
+                .prev_log_id
+                .into_iter()
+                .chain(rpc.entries.iter().map(|e| e.log_id))
+                .collect();
+            match durability.clamp_commit(rpc.leader_commit, &known) {
+                Clamp::Keep => {}
+                Clamp::To(lower) => rpc.leader_commit = lower,
+                Clamp::Wait => {
+                    let index = rpc.leader_commit.map(|c| c.index).unwrap_or(0);
+                    if let Err(e) = durability.wait_durable(index).await {
+                        return Err(RPCError::Unreachable(Unreachable::new(&Message(e))));
+                    }
+                }
+            }
+        }
         if std::mem::take(&mut self.append_in_flight) {
             self.shrink_budget();
         }
@@ -246,6 +279,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let result = self.call(Rpc::Append, data, &option).await;
         self.append_in_flight = false;
         let elapsed = started.elapsed();
+        tracing::trace!(
+            target_id = self.target,
+            entries,
+            bytes,
+            ?elapsed,
+            "append_entries sent"
+        );
         if elapsed >= option.hard_ttl() {
             self.shrink_budget();
         } else if result.is_ok()

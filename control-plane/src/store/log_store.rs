@@ -4,16 +4,19 @@
 //! `vote`, `committed` and `last_purged`. Votes are flushed before `save_vote` returns.
 //! Appends are written at once and handed to a flusher task that group-commits: one flush
 //! covers every append queued before it, and the callbacks fire in append order after it.
+//! With [`LogStore::with_early_leader_appends`], a leader's own appends are reported flushed
+//! at once and their flush is tracked by a [`Durability`] instead (see there).
 // openraft's `StorageError` is large by design and is the error type of its traits.
 #![allow(clippy::result_large_err)]
 
-use super::{decode, encode, read_err, write_err, KvBackend, WriteBatch};
+use super::{decode, encode, read_err, write_err, Durability, KvBackend, WriteBatch};
 use crate::types::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 const LOG: &str = "raft_log";
@@ -26,15 +29,81 @@ const PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     kv: Arc<dyn KvBackend>,
-    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flusher: mpsc::UnboundedSender<Flush>,
+    early: Option<Arc<EarlyAppends>>,
+}
+
+/// What the flusher completes after its next flush.
+enum Flush {
+    /// An append openraft waits for.
+    Callback(LogFlushed<TypeConfig>),
+    /// An early append (already reported flushed), by sequence number.
+    Early(u64),
+}
+
+/// What a store needs to recognise a leader's own appends.
+struct EarlyAppends {
+    /// This member's id.
+    own: NodeId,
+    /// The last vote saved or read.
+    vote: Mutex<Option<Vote<NodeId>>>,
+    /// Sequence numbers of early appends.
+    seq: AtomicU64,
+    durability: Durability,
+}
+
+impl EarlyAppends {
+    /// Whether `entries` are this member's own, appended as the leader of its current vote.
+    fn owns(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let vote = *self.vote.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(vote) = vote else { return false };
+        let leader = vote.leader_id();
+        leader.node_id == self.own
+            && !entries.is_empty()
+            && entries.iter().all(|e| {
+                e.log_id.leader_id.term == leader.term && e.log_id.leader_id.node_id == self.own
+            })
+    }
 }
 
 impl LogStore {
     /// A log store on `kv`. Spawns its flusher task: call inside a tokio runtime.
     pub fn new(kv: Arc<dyn KvBackend>) -> Self {
         let (flusher, rx) = mpsc::unbounded_channel();
-        tokio::spawn(group_commit(kv.clone(), rx));
-        LogStore { kv, flusher }
+        tokio::spawn(group_commit(kv.clone(), rx, None));
+        LogStore {
+            kv,
+            flusher,
+            early: None,
+        }
+    }
+
+    /// A log store on `kv` of the member `own` whose appends as leader are reported flushed
+    /// at once, their flush tracked by `durability`; the state machine and the network must
+    /// gate on the same `durability` (see [`Durability`]).
+    pub fn with_early_leader_appends(
+        kv: Arc<dyn KvBackend>,
+        own: NodeId,
+        durability: Durability,
+    ) -> Self {
+        let (flusher, rx) = mpsc::unbounded_channel();
+        tokio::spawn(group_commit(kv.clone(), rx, Some(durability.clone())));
+        LogStore {
+            kv,
+            flusher,
+            early: Some(Arc::new(EarlyAppends {
+                own,
+                vote: Mutex::new(None),
+                seq: AtomicU64::new(0),
+                durability,
+            })),
+        }
+    }
+
+    fn remember_vote(&self, vote: Option<Vote<NodeId>>) {
+        if let Some(early) = &self.early {
+            *early.vote.lock().unwrap_or_else(|p| p.into_inner()) = vote;
+        }
     }
 
     fn meta<T: serde::de::DeserializeOwned>(
@@ -66,7 +135,8 @@ impl LogStore {
 /// Flushes for every queued append, oldest first; ends when every [`LogStore`] is dropped.
 async fn group_commit(
     kv: Arc<dyn KvBackend>,
-    mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+    mut rx: mpsc::UnboundedReceiver<Flush>,
+    durability: Option<Durability>,
 ) {
     while let Some(first) = rx.recv().await {
         // Every append queued so far wrote its entries before queueing, so one flush started
@@ -75,9 +145,23 @@ async fn group_commit(
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
+        let started = std::time::Instant::now();
         let flushed = kv.flush().await.map_err(|e| e.to_string());
-        for callback in waiting {
-            callback.log_io_completed(flushed.clone().map_err(std::io::Error::other));
+        tracing::trace!(appends = waiting.len(), elapsed = ?started.elapsed(), "raft log flushed");
+        let mut early = None;
+        for job in waiting {
+            match job {
+                Flush::Callback(callback) => {
+                    callback.log_io_completed(flushed.clone().map_err(std::io::Error::other))
+                }
+                Flush::Early(seq) => early = Some(seq),
+            }
+        }
+        if let (Some(seq), Some(durability)) = (early, &durability) {
+            match &flushed {
+                Ok(()) => durability.flushed(seq),
+                Err(e) => durability.failed(format!("flushing the raft log: {e}")),
+            }
         }
     }
 }
@@ -155,11 +239,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta(VOTE, vote, true).await
+        self.put_meta(VOTE, vote, true).await?;
+        self.remember_vote(Some(*vote));
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.meta(VOTE)
+        let vote = self.meta(VOTE)?;
+        self.remember_vote(vote);
+        Ok(vote)
     }
 
     async fn save_committed(
@@ -183,11 +271,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let early = match (&self.early, entries.first(), entries.last()) {
+            (Some(early), Some(first), Some(last)) if early.owns(&entries) => {
+                Some((early.clone(), first.log_id.index, last.log_id))
+            }
+            _ => None,
+        };
         append_each(&*self.kv, entries)?;
-        if let Err(mpsc::error::SendError(callback)) = self.flusher.send(callback) {
+        let job = match early {
+            Some((early, first, last)) => {
+                let seq = early.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                // Recorded before openraft hears of the append, so no commit of these entries
+                // can pass the gates before their flush.
+                early.durability.early(seq, first, last);
+                callback.log_io_completed(Ok(()));
+                Flush::Early(seq)
+            }
+            None => Flush::Callback(callback),
+        };
+        if let Err(mpsc::error::SendError(job)) = self.flusher.send(job) {
             // The flusher only stops when every store is gone; flush inline as a fallback.
             let flushed = self.kv.flush().await;
-            callback.log_io_completed(flushed.map_err(std::io::Error::other));
+            match job {
+                Flush::Callback(callback) => {
+                    callback.log_io_completed(flushed.map_err(std::io::Error::other))
+                }
+                Flush::Early(seq) => {
+                    if let Some(early) = &self.early {
+                        match flushed {
+                            Ok(()) => early.durability.flushed(seq),
+                            Err(e) => early.durability.failed(e.to_string()),
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }

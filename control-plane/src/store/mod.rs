@@ -2,6 +2,8 @@
 //!
 //! - [`kv`]: [`KvBackend`], the narrow key-value trait; [`sled_kv`]: its sled implementation.
 //! - [`log_store`]: the Raft log and vote ([`LogStore`], openraft's `RaftLogStorage`).
+//! - [`durability`]: lets a leader flush its own log in parallel with replication, gating
+//!   every use of a commit on that flush ([`Durability`]).
 //! - [`state_machine`]: the object store ([`StateMachine`], openraft's `RaftStateMachine`),
 //!   with revisions, a bounded change history for watch, and snapshots.
 //!
@@ -9,11 +11,13 @@
 //! append callback fires; each entry is applied together with `last_applied` in one atomic
 //! batch; a snapshot install loads a fresh tree and then flips a pointer key.
 
+pub mod durability;
 pub mod kv;
 pub mod log_store;
 pub mod sled_kv;
 pub mod state_machine;
 
+pub use durability::Durability;
 pub use kv::{KvBackend, WriteBatch};
 pub use log_store::LogStore;
 pub use sled_kv::SledBackend;
@@ -36,6 +40,9 @@ pub enum StoreError {
     /// A sled operation failed.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// A flush of the log failed earlier; nothing written since is known durable.
+    #[error("{0}")]
+    Flush(String),
     /// A stored value could not be decoded.
     #[error("corrupt value at {key}: {message}")]
     Corrupt {

@@ -20,7 +20,7 @@
 //! no `m/revision`: its revision is `m/applied`), and the items of a batch get consecutive
 //! revisions in order. Every member computes the same revisions from the same log.
 
-use super::{decode, encode, read_err, write_err, KvBackend, StoreError, WriteBatch};
+use super::{decode, encode, read_err, write_err, Durability, KvBackend, StoreError, WriteBatch};
 use crate::types::{MemberNode, NodeId, Request, Response, StoredObject, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -45,6 +45,9 @@ const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
 const COMPACTED: &[u8] = b"m/compacted";
 const REVISION: &[u8] = b"m/revision";
+
+/// Every tree the state machine writes.
+pub const TREES: [&str; 4] = [SM_META, TREE_A, TREE_B, SNAPSHOT];
 
 /// How many changes the watch history keeps by default.
 pub const DEFAULT_HISTORY: u64 = 10_000;
@@ -222,7 +225,13 @@ impl ObjectStore {
 pub struct StateMachine {
     store: ObjectStore,
     snapshot_seq: u64,
+    /// When set, entries are applied only once the leader's early appends holding them are
+    /// flushed (see [`Durability`]).
+    durability: Option<Durability>,
 }
+
+/// Writes gathered into one sled batch at most when applying several entries at once.
+const MAX_APPLY_WRITES: usize = 1024;
 
 impl StateMachine {
     /// Opens the state machine on `kv`, keeping `history` changes for watch.
@@ -268,7 +277,15 @@ impl StateMachine {
                 }),
             },
             snapshot_seq: 0,
+            durability: None,
         })
+    }
+
+    /// Applies entries only once `durability` reports them flushed in this member's log:
+    /// required when the log store reports a leader's appends early (see [`Durability`]).
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
     }
 
     /// The read side, for the API server.
@@ -297,9 +314,9 @@ impl StateMachine {
         req: Request,
         index: u64,
         revision: &mut u64,
+        staged: &mut Staged,
         batch: &mut WriteBatch,
     ) -> Result<(Response, Vec<Change>), StoreError> {
-        let mut staged = Staged::new();
         match req {
             Request::Batch(items) => {
                 let mut responses = Vec::with_capacity(items.len());
@@ -312,15 +329,14 @@ impl StateMachine {
                         continue;
                     }
                     let (response, change) =
-                        self.apply_one(item, index, revision, &mut staged, batch)?;
+                        self.apply_one(item, index, revision, staged, batch)?;
                     responses.push(response);
                     changes.extend(change);
                 }
                 Ok((Response::Batch(responses), changes))
             }
             req => {
-                let (response, change) =
-                    self.apply_one(req, index, revision, &mut staged, batch)?;
+                let (response, change) = self.apply_one(req, index, revision, staged, batch)?;
                 Ok((response, change.into_iter().collect()))
             }
         }
@@ -567,23 +583,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut responses = Vec::new();
-        for entry in entries {
-            let log_id = entry.log_id;
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if let (Some(durability), Some(last)) = (&self.durability, entries.last()) {
+            durability
+                .wait_durable(last.log_id.index)
+                .await
+                .map_err(|e| write_err(StoreError::Flush(e)))?;
+        }
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            // Entries applied together share one atomic batch: all of them with the last one's
+            // `m/applied`, or none.
             let mut revision = self.store.revision();
             let mut batch = WriteBatch::default();
-            batch.put(APPLIED, encode(&Some(log_id)));
-            let (response, changes) = match entry.payload {
-                EntryPayload::Blank => (Response::None, Vec::new()),
-                EntryPayload::Normal(req) => self
-                    .apply_request(req, log_id.index, &mut revision, &mut batch)
-                    .map_err(write_err)?,
-                EntryPayload::Membership(m) => {
-                    batch.put(MEMBERSHIP, encode(&StoredMembership::new(Some(log_id), m)));
-                    (Response::None, Vec::new())
-                }
-            };
-            let revision = revision.max(log_id.index);
+            let mut staged = Staged::new();
+            let mut changes = Vec::new();
+            let mut applied = None;
+            while batch.ops.len() < MAX_APPLY_WRITES {
+                let Some(entry) = entries.next() else { break };
+                let log_id = entry.log_id;
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::None,
+                    EntryPayload::Normal(req) => {
+                        let (response, more) = self
+                            .apply_request(
+                                req,
+                                log_id.index,
+                                &mut revision,
+                                &mut staged,
+                                &mut batch,
+                            )
+                            .map_err(write_err)?;
+                        changes.extend(more);
+                        response
+                    }
+                    EntryPayload::Membership(m) => {
+                        batch.put(MEMBERSHIP, encode(&StoredMembership::new(Some(log_id), m)));
+                        Response::None
+                    }
+                };
+                revision = revision.max(log_id.index);
+                applied = Some(log_id);
+                responses.push(response);
+            }
+            batch.put(APPLIED, encode(&applied));
             batch.put(REVISION, encode(&revision));
             let compacted = self
                 .compact_history(revision, &mut batch)
@@ -600,7 +644,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // No receiver is not an error: nobody watches.
                 let _ = inner.events.send(WatchItem::Change(Arc::new(change)));
             }
-            responses.push(response);
         }
         Ok(responses)
     }
