@@ -2,6 +2,12 @@
 //! every request carries the cluster id and a serde-JSON payload. Transport failures map to
 //! `Unreachable` (openraft backs off), a refusal by the peer to `NetworkError`.
 //!
+//! `AppendEntries` (replication and heartbeats, the bulk of the traffic) go over one
+//! long-lived gRPC stream per peer, a request and then its reply at a time, as openraft sends
+//! them: one message frame each way instead of a call with its headers, trailers and a server
+//! task per append. A failure or an abandoned call closes the stream and the next append opens
+//! a new one; a peer that does not know the stream gets unary calls.
+//!
 //! openraft 0.9 gives every `AppendEntries` one heartbeat interval to complete, and sends a
 //! follower that is behind up to `max_payload_entries` (300) entries per call. With entries of a
 //! few KB such a call cannot finish in time, every retry times out the same way, the follower
@@ -31,6 +37,7 @@ use openraft::raft::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 /// The largest gRPC message a member sends or accepts (snapshot chunks are 4 MiB).
@@ -96,6 +103,8 @@ pub struct PeerClient {
     /// Set while an `AppendEntries` is sent; still set at the next call when openraft dropped
     /// the call at its deadline.
     append_in_flight: bool,
+    /// The `AppendEntries` stream.
+    stream: StreamState,
     durability: Option<Durability>,
 }
 
@@ -116,6 +125,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             max_append_bytes: self.max_append_bytes,
             append_budget: self.max_append_bytes,
             append_in_flight: false,
+            stream: StreamState::Closed,
             durability: self.durability.clone(),
         }
     }
@@ -140,6 +150,78 @@ fn entries_hint(entries: usize, bytes: usize, budget: usize) -> u64 {
     let bytes = u64::try_from(bytes).unwrap_or(u64::MAX).max(1);
     let budget = u64::try_from(budget).unwrap_or(u64::MAX);
     (entries.saturating_mul(budget) / bytes).clamp(1, entries.saturating_sub(1).max(1))
+}
+
+/// The `AppendEntries` stream to a peer.
+enum StreamState {
+    /// None open: the next append opens one.
+    Closed,
+    /// Open: requests go in, their replies come back in order.
+    Open {
+        requests: mpsc::Sender<RaftRequest>,
+        replies: Box<tonic::Streaming<RaftReply>>,
+    },
+    /// The peer answered Unimplemented (an older member): unary calls only.
+    Unsupported,
+}
+
+impl PartialEq for StreamState {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// Sends `message` over the peer's `AppendEntries` stream, opening one if needed, and waits
+/// for its reply. Any failure closes the stream (the next call opens a new one); a peer
+/// without streams falls back to unary calls.
+async fn append_over_stream(
+    client: &mut RaftServiceClient<Channel>,
+    stream: &mut StreamState,
+    message: RaftRequest,
+) -> Result<RaftReply, tonic::Status> {
+    if matches!(stream, StreamState::Closed) {
+        let (requests, rx) = mpsc::channel(1);
+        match client
+            .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(replies) => {
+                *stream = StreamState::Open {
+                    requests,
+                    replies: Box::new(replies.into_inner()),
+                }
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                *stream = StreamState::Unsupported;
+                return client
+                    .append_entries(message)
+                    .await
+                    .map(tonic::Response::into_inner);
+            }
+            Err(status) => return Err(status),
+        }
+    }
+    let StreamState::Open { requests, replies } = stream else {
+        return client
+            .append_entries(message)
+            .await
+            .map(tonic::Response::into_inner);
+    };
+    let result = async {
+        requests
+            .send(message)
+            .await
+            .map_err(|_| tonic::Status::unavailable("append stream closed"))?;
+        replies
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("append stream ended by the peer"))
+    }
+    .await;
+    if result.is_err() {
+        *stream = StreamState::Closed;
+    }
+    result
 }
 
 impl PeerClient {
@@ -172,18 +254,24 @@ impl PeerClient {
         };
         let bytes = data.len();
         let started = Instant::now();
-        let mut request = tonic::Request::new(RaftRequest {
+        let message = RaftRequest {
             cluster_id: self.cluster_id.to_string(),
             data,
-        });
-        request.set_timeout(option.hard_ttl());
-        let reply = match which {
-            Rpc::Append => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = if matches!(which, Rpc::Append) && self.stream != StreamState::Unsupported {
+            append_over_stream(client, &mut self.stream, message).await
+        } else {
+            let mut request = tonic::Request::new(message);
+            request.set_timeout(option.hard_ttl());
+            match which {
+                Rpc::Append => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::Snapshot => client.install_snapshot(request).await,
+            }
+            .map(tonic::Response::into_inner)
         };
         let reply: RaftReply = match reply {
-            Ok(r) => r.into_inner(),
+            Ok(r) => r,
             Err(status) => {
                 tracing::debug!(target_id = self.target, rpc = which.name(), bytes,
                     elapsed = ?started.elapsed(), code = ?status.code(), "raft rpc failed");
@@ -250,6 +338,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         if std::mem::take(&mut self.append_in_flight) {
             self.shrink_budget();
+            // The dropped call's reply may still come: never read it as the next one's.
+            if self.stream != StreamState::Unsupported {
+                self.stream = StreamState::Closed;
+            }
         }
         let data = encode(&rpc)?;
         let entries = rpc.entries.len();
@@ -408,6 +500,161 @@ mod tests {
             peer.shrink_budget();
         }
         assert_eq!(peer.append_budget, MIN_APPEND_BYTES);
+    }
+
+    /// A peer answering each `AppendEntries` with `HigherVote(request's vote)`, so a reply
+    /// names the request it answers; `stream`: whether it has the stream, `stall_term`: a
+    /// request of this term is answered only after 300 ms.
+    #[derive(Clone)]
+    struct EchoPeer {
+        stream: bool,
+        stall_term: u64,
+        unary_calls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl EchoPeer {
+        async fn answer(&self, req: &RaftRequest) -> Result<RaftReply, tonic::Status> {
+            let rpc: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&req.data)
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            if rpc.vote.leader_id().term == self.stall_term {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                Ok(AppendEntriesResponse::HigherVote(rpc.vote));
+            Ok(RaftReply {
+                data: serde_json::to_vec(&result).unwrap(),
+            })
+        }
+    }
+
+    #[tonic::async_trait]
+    impl gantry_api::proto::raft_service_server::RaftService for EchoPeer {
+        async fn append_entries(
+            &self,
+            request: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            self.unary_calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.answer(request.get_ref())
+                .await
+                .map(tonic::Response::new)
+        }
+
+        type AppendEntriesStreamStream = crate::raft::service::AppendReplies;
+
+        async fn append_entries_stream(
+            &self,
+            request: tonic::Request<tonic::Streaming<RaftRequest>>,
+        ) -> Result<tonic::Response<Self::AppendEntriesStreamStream>, tonic::Status> {
+            if !self.stream {
+                return Err(tonic::Status::unimplemented("no stream here"));
+            }
+            let state = (self.clone(), request.into_inner());
+            let replies = futures::stream::unfold(state, |(this, mut inbound)| async move {
+                let req = inbound.message().await.ok()??;
+                let reply = this.answer(&req).await;
+                Some((reply, (this, inbound)))
+            });
+            Ok(tonic::Response::new(Box::pin(replies)))
+        }
+
+        async fn vote(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("vote"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("install_snapshot"))
+        }
+    }
+
+    /// A client of an [`EchoPeer`] served on loopback.
+    async fn echo_peer(peer: EchoPeer) -> PeerClient {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(gantry_api::proto::raft_service_server::RaftServiceServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let node = MemberNode {
+            name: "s2".into(),
+            addr,
+        };
+        GrpcNetwork::new("c").new_client(2, &node).await
+    }
+
+    fn heartbeat(term: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(term, 1),
+            ..append(0)
+        }
+    }
+
+    fn answered_term(r: AppendEntriesResponse<NodeId>) -> u64 {
+        match r {
+            AppendEntriesResponse::HigherVote(v) => v.leader_id().term,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_share_one_stream_and_a_dropped_call_never_gets_its_reply_read_by_the_next() {
+        let unary = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut peer = echo_peer(EchoPeer {
+            stream: true,
+            stall_term: 7,
+            unary_calls: unary.clone(),
+        })
+        .await;
+        let option = || RPCOption::new(Duration::from_millis(100));
+        for term in 1..=3 {
+            let reply = peer
+                .append_entries(heartbeat(term), option())
+                .await
+                .unwrap();
+            assert_eq!(answered_term(reply), term);
+        }
+        assert!(matches!(peer.stream, StreamState::Open { .. }));
+        // Dropped at its deadline, as openraft does; its reply comes later on that stream.
+        let stalled = tokio::time::timeout(
+            option().hard_ttl(),
+            peer.append_entries(heartbeat(7), option()),
+        )
+        .await;
+        assert!(stalled.is_err(), "the stalled call was not dropped");
+        let reply = peer.append_entries(heartbeat(8), option()).await.unwrap();
+        assert_eq!(
+            answered_term(reply),
+            8,
+            "the reply of the dropped call was taken"
+        );
+        assert_eq!(unary.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_stream_gets_unary_appends() {
+        let unary = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut peer = echo_peer(EchoPeer {
+            stream: false,
+            stall_term: 0,
+            unary_calls: unary.clone(),
+        })
+        .await;
+        for term in 1..=3 {
+            let reply = peer
+                .append_entries(heartbeat(term), RPCOption::new(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            assert_eq!(answered_term(reply), term);
+        }
+        assert!(peer.stream == StreamState::Unsupported);
+        assert_eq!(unary.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 
     #[test]

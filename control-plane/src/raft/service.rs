@@ -3,22 +3,32 @@
 use crate::types::Raft;
 use gantry_api::proto::raft_service_server::RaftService;
 use gantry_api::proto::{RaftReply, RaftRequest};
+use std::pin::Pin;
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The replies of [`RaftService::append_entries_stream`], one per request, in order.
+pub type AppendReplies =
+    Pin<Box<dyn futures::Stream<Item = Result<RaftReply, Status>> + Send + 'static>>;
 
 /// Answers Raft RPCs of members of the same cluster.
 #[derive(Clone)]
 pub struct RaftGrpc {
     raft: Raft,
     cluster_id: Arc<str>,
+    stop: CancellationToken,
 }
 
 impl RaftGrpc {
-    /// The service of `raft`, a member of `cluster_id`.
-    pub fn new(raft: Raft, cluster_id: &str) -> Self {
+    /// The service of `raft`, a member of `cluster_id`. Open `AppendEntries` streams end when
+    /// `stop` is cancelled, so a stopping member's connections can close (a stream would
+    /// otherwise keep its connection, and this service with its Raft and stores, alive).
+    pub fn new(raft: Raft, cluster_id: &str, stop: CancellationToken) -> Self {
         RaftGrpc {
             raft,
             cluster_id: cluster_id.into(),
+            stop,
         }
     }
 
@@ -36,9 +46,26 @@ impl RaftGrpc {
 }
 
 fn reply<T: serde::Serialize>(result: &T) -> Result<Response<RaftReply>, Status> {
+    encode_reply(result).map(Response::new)
+}
+
+fn encode_reply<T: serde::Serialize>(result: &T) -> Result<RaftReply, Status> {
     let data = serde_json::to_vec(result)
         .map_err(|e| Status::internal(format!("raft reply: cannot encode: {e}")))?;
-    Ok(Response::new(RaftReply { data }))
+    Ok(RaftReply { data })
+}
+
+impl RaftGrpc {
+    async fn append(&self, request: &RaftRequest) -> Result<RaftReply, Status> {
+        let started = std::time::Instant::now();
+        let bytes = request.data.len();
+        let req: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
+            self.decode(request)?;
+        let entries = req.entries.len();
+        let result = self.raft.append_entries(req).await;
+        tracing::trace!(entries, bytes, elapsed = ?started.elapsed(), "append_entries handled");
+        encode_reply(&result)
+    }
 }
 
 #[tonic::async_trait]
@@ -47,14 +74,35 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let started = std::time::Instant::now();
-        let bytes = request.get_ref().data.len();
-        let req: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
-            self.decode(request.get_ref())?;
-        let entries = req.entries.len();
-        let result = self.raft.append_entries(req).await;
-        tracing::trace!(entries, bytes, elapsed = ?started.elapsed(), "append_entries handled");
-        reply(&result)
+        self.append(request.get_ref()).await.map(Response::new)
+    }
+
+    type AppendEntriesStreamStream = AppendReplies;
+
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        // One request at a time, answered in order; a refused request ends the stream (the
+        // peer opens a new one).
+        let state = Some((self.clone(), request.into_inner()));
+        let replies = futures::stream::unfold(state, |state| async move {
+            let (this, mut inbound) = state?;
+            let message = tokio::select! {
+                _ = this.stop.cancelled() => return None,
+                message = inbound.message() => message,
+            };
+            let request = match message {
+                Ok(Some(request)) => request,
+                Ok(None) => return None,
+                Err(status) => return Some((Err(status), None)),
+            };
+            match this.append(&request).await {
+                Ok(reply) => Some((Ok(reply), Some((this, inbound)))),
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

@@ -324,9 +324,13 @@ pub async fn run_with(
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
-                RaftServiceServer::new(RaftGrpc::new(raft.clone(), &identity.cluster_id))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                RaftServiceServer::new(RaftGrpc::new(
+                    raft.clone(),
+                    &identity.cluster_id,
+                    stop_serving.clone(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
                 ObjectServiceServer::new(api)
