@@ -286,6 +286,7 @@ pub async fn run_with(
     // The leader flushes its log in parallel with replicating it; the state machine and the
     // network hold back every use of a commit until that flush is done.
     let durability = Durability::new();
+    let faults = durability.clone();
     let sm = StateMachine::open_with_ring(sm_kv.clone(), config.watch_history, config.watch_ring)?
         .with_durability(durability.clone());
     let store = sm.object_store();
@@ -386,6 +387,12 @@ pub async fn run_with(
             reason = raft_stopped(&raft) => {
                 // The consensus core ended by itself (a storage failure such as a full or
                 // read-only disk): a member that can no longer persist must not linger.
+                // openraft may name a consequence (a closed channel); the store's first
+                // error names the cause.
+                let reason = match faults.first_fault() {
+                    Some(cause) if !reason.contains(&cause) => format!("{cause} ({reason})"),
+                    _ => reason,
+                };
                 tracing::error!(member = %config.name, %reason, "raft stopped; shutting down");
                 fatal = Some(reason);
             }

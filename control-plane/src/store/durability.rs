@@ -45,6 +45,8 @@ struct State {
     durable_tip: Option<LogId<NodeId>>,
     /// Set when a flush failed: nothing is durable any more.
     failed: Option<String>,
+    /// The first storage error reported (see [`Durability::fault`]).
+    first_fault: Option<String>,
 }
 
 /// Shared between a member's log store, state machine and Raft network. Cheap to clone.
@@ -100,8 +102,22 @@ impl Durability {
 
     /// A flush failed: every wait fails from now on.
     pub fn failed(&self, message: String) {
-        self.lock().failed.get_or_insert(message);
+        let mut state = self.lock();
+        state.first_fault.get_or_insert_with(|| message.clone());
+        state.failed.get_or_insert(message);
+        drop(state);
         self.changed.notify_waiters();
+    }
+
+    /// Records a storage error of the log or the state machine. openraft stops on it, but may
+    /// report a consequence (a closed channel) rather than the cause; the member reports this.
+    pub fn fault(&self, message: String) {
+        self.lock().first_fault.get_or_insert(message);
+    }
+
+    /// The first storage error recorded, if any.
+    pub fn first_fault(&self) -> Option<String> {
+        self.lock().first_fault.clone()
     }
 
     /// The first index not known durable, if an early append is outstanding.
@@ -188,8 +204,10 @@ mod tests {
     async fn a_failed_flush_fails_the_waiters() {
         let d = Durability::new();
         d.early(1, 1, id(1, 1));
+        d.fault("apply: disk full".into());
         d.failed("disk full".into());
         assert_eq!(d.wait_durable(1).await.unwrap_err(), "disk full");
+        assert_eq!(d.first_fault().as_deref(), Some("apply: disk full"));
     }
 
     #[test]

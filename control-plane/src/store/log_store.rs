@@ -148,6 +148,9 @@ async fn group_commit(
         let started = std::time::Instant::now();
         let flushed = kv.flush().await.map_err(|e| e.to_string());
         tracing::trace!(appends = waiting.len(), elapsed = ?started.elapsed(), "raft log flushed");
+        if let (Err(e), Some(durability)) = (&flushed, &durability) {
+            durability.fault(format!("flushing the raft log: {e}"));
+        }
         let mut early = None;
         for job in waiting {
             match job {
@@ -278,7 +281,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             _ => None,
         };
-        append_each(&*self.kv, entries)?;
+        if let Err(e) = append_each(&*self.kv, entries) {
+            if let Some(early) = &self.early {
+                early
+                    .durability
+                    .fault(format!("appending to the raft log: {e}"));
+            }
+            return Err(e);
+        }
         let job = match early {
             Some((early, first, last)) => {
                 let seq = early.seq.fetch_add(1, Ordering::Relaxed) + 1;

@@ -530,10 +530,22 @@ pub struct SnapshotBuilder {
     /// Set when the state could not be copied; the build then fails instead of storing an
     /// empty snapshot.
     error: Option<StoreError>,
+    /// Where a failure is recorded (see [`Durability::fault`]).
+    faults: Option<Durability>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let built = self.build().await;
+        if let (Err(e), Some(faults)) = (&built, &self.faults) {
+            faults.fault(format!("building a snapshot: {e}"));
+        }
+        built
+    }
+}
+
+impl SnapshotBuilder {
+    async fn build(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         if let Some(e) = self.error.take() {
             return Err(read_err(e));
         }
@@ -560,30 +572,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(
+impl StateMachine {
+    /// Applies `entries` (see [`RaftStateMachine::apply`]).
+    async fn apply_entries(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, MemberNode>), StorageError<NodeId>>
-    {
-        let applied = self
-            .get_meta::<Option<LogId<NodeId>>>(APPLIED)
-            .map_err(read_err)?
-            .flatten();
-        let membership = self
-            .get_meta(MEMBERSHIP)
-            .map_err(read_err)?
-            .unwrap_or_default();
-        Ok((applied, membership))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<Vec<Response>, StorageError<NodeId>> {
         if let (Some(durability), Some(last)) = (&self.durability, entries.last()) {
             durability
                 .wait_durable(last.log_id.index)
@@ -647,39 +641,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         Ok(responses)
     }
+}
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.snapshot_seq += 1;
-        // Copy the state here, inside the state machine's task, so the snapshot is consistent
-        // with `applied` even though it is serialized and stored concurrently with later
-        // applies.
-        let (objects, applied, membership, error) = match self.snapshot_state() {
-            Ok((o, a, m)) => (o, a, m, None),
-            Err(e) => (Vec::new(), None, StoredMembership::default(), Some(e)),
-        };
-        SnapshotBuilder {
-            kv: self.kv().clone(),
-            objects,
-            // Read in the same task as the tree, so it matches `objects` and `applied`.
-            revision: self.store.revision(),
-            applied,
-            membership,
-            snapshot_id: format!(
-                "{}-{}",
-                applied.map(|l| l.index).unwrap_or(0),
-                self.snapshot_seq
-            ),
-            error,
-        }
-    }
-
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
+impl StateMachine {
+    /// Installs a received snapshot (see [`RaftStateMachine::install_snapshot`]).
+    async fn install(
         &mut self,
         meta: &SnapshotMeta<NodeId, MemberNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
@@ -725,6 +691,81 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let _ = inner.events.send(WatchItem::Reset);
         self.kv().clear(old).map_err(write_err)?;
         Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, MemberNode>), StorageError<NodeId>>
+    {
+        let applied = self
+            .get_meta::<Option<LogId<NodeId>>>(APPLIED)
+            .map_err(read_err)?
+            .flatten();
+        let membership = self
+            .get_meta(MEMBERSHIP)
+            .map_err(read_err)?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let applied = self.apply_entries(entries.into_iter().collect()).await;
+        if let (Err(e), Some(durability)) = (&applied, &self.durability) {
+            durability.fault(format!("applying to the state machine: {e}"));
+        }
+        applied
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        // Copy the state here, inside the state machine's task, so the snapshot is consistent
+        // with `applied` even though it is serialized and stored concurrently with later
+        // applies.
+        let (objects, applied, membership, error) = match self.snapshot_state() {
+            Ok((o, a, m)) => (o, a, m, None),
+            Err(e) => (Vec::new(), None, StoredMembership::default(), Some(e)),
+        };
+        SnapshotBuilder {
+            kv: self.kv().clone(),
+            objects,
+            // Read in the same task as the tree, so it matches `objects` and `applied`.
+            revision: self.store.revision(),
+            applied,
+            membership,
+            snapshot_id: format!(
+                "{}-{}",
+                applied.map(|l| l.index).unwrap_or(0),
+                self.snapshot_seq
+            ),
+            error,
+            faults: self.durability.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, MemberNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let installed = self.install(meta, snapshot).await;
+        if let (Err(e), Some(durability)) = (&installed, &self.durability) {
+            durability.fault(format!("installing a snapshot: {e}"));
+        }
+        installed
     }
 
     async fn get_current_snapshot(
