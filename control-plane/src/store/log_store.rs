@@ -69,13 +69,7 @@ impl EarlyAppends {
 impl LogStore {
     /// A log store on `kv`. Spawns its flusher task: call inside a tokio runtime.
     pub fn new(kv: Arc<dyn KvBackend>) -> Self {
-        let (flusher, rx) = mpsc::unbounded_channel();
-        tokio::spawn(group_commit(kv.clone(), rx, None));
-        LogStore {
-            kv,
-            flusher,
-            early: None,
-        }
+        Self::spawn(kv, None)
     }
 
     /// A log store on `kv` of the member `own` whose appends as leader are reported flushed
@@ -86,18 +80,22 @@ impl LogStore {
         own: NodeId,
         durability: Durability,
     ) -> Self {
-        let (flusher, rx) = mpsc::unbounded_channel();
-        tokio::spawn(group_commit(kv.clone(), rx, Some(durability.clone())));
-        LogStore {
+        Self::spawn(
             kv,
-            flusher,
-            early: Some(Arc::new(EarlyAppends {
+            Some(Arc::new(EarlyAppends {
                 own,
                 vote: Mutex::new(None),
                 seq: AtomicU64::new(0),
                 durability,
             })),
-        }
+        )
+    }
+
+    fn spawn(kv: Arc<dyn KvBackend>, early: Option<Arc<EarlyAppends>>) -> Self {
+        let (flusher, rx) = mpsc::unbounded_channel();
+        let durability = early.as_ref().map(|e| e.durability.clone());
+        tokio::spawn(group_commit(kv.clone(), rx, durability));
+        LogStore { kv, flusher, early }
     }
 
     fn remember_vote(&self, vote: Option<Vote<NodeId>>) {
@@ -148,23 +146,29 @@ async fn group_commit(
         let started = std::time::Instant::now();
         let flushed = kv.flush().await.map_err(|e| e.to_string());
         tracing::trace!(appends = waiting.len(), elapsed = ?started.elapsed(), "raft log flushed");
-        if let (Err(e), Some(durability)) = (&flushed, &durability) {
-            durability.fault(format!("flushing the raft log: {e}"));
-        }
-        let mut early = None;
-        for job in waiting {
-            match job {
-                Flush::Callback(callback) => {
-                    callback.log_io_completed(flushed.clone().map_err(std::io::Error::other))
-                }
-                Flush::Early(seq) => early = Some(seq),
+        complete(waiting, &flushed, durability.as_ref());
+    }
+}
+
+/// Reports the flush of `jobs` with its result: callbacks fire, early appends are marked
+/// durable (or the failure recorded).
+fn complete(jobs: Vec<Flush>, flushed: &Result<(), String>, durability: Option<&Durability>) {
+    if let (Err(e), Some(durability)) = (flushed, durability) {
+        durability.fault(format!("flushing the raft log: {e}"));
+    }
+    let mut early = None;
+    for job in jobs {
+        match job {
+            Flush::Callback(callback) => {
+                callback.log_io_completed(flushed.clone().map_err(std::io::Error::other))
             }
+            Flush::Early(seq) => early = Some(seq),
         }
-        if let (Some(seq), Some(durability)) = (early, &durability) {
-            match &flushed {
-                Ok(()) => durability.flushed(seq),
-                Err(e) => durability.failed(format!("flushing the raft log: {e}")),
-            }
+    }
+    if let (Some(seq), Some(durability)) = (early, durability) {
+        match flushed {
+            Ok(()) => durability.flushed(seq),
+            Err(e) => durability.failed(format!("flushing the raft log: {e}")),
         }
     }
 }
@@ -302,20 +306,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         if let Err(mpsc::error::SendError(job)) = self.flusher.send(job) {
             // The flusher only stops when every store is gone; flush inline as a fallback.
-            let flushed = self.kv.flush().await;
-            match job {
-                Flush::Callback(callback) => {
-                    callback.log_io_completed(flushed.map_err(std::io::Error::other))
-                }
-                Flush::Early(seq) => {
-                    if let Some(early) = &self.early {
-                        match flushed {
-                            Ok(()) => early.durability.flushed(seq),
-                            Err(e) => early.durability.failed(e.to_string()),
-                        }
-                    }
-                }
-            }
+            let flushed = self.kv.flush().await.map_err(|e| e.to_string());
+            let durability = self.early.as_ref().map(|e| &e.durability);
+            complete(vec![job], &flushed, durability);
         }
         Ok(())
     }

@@ -826,7 +826,20 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, history: u64) -> StateMachine {
-        let kv: Arc<dyn KvBackend> = Arc::new(SledBackend::open(dir).unwrap());
+        // sled releases its directory lock from a background thread after the last handle is
+        // dropped: a reopen right after a drop waits for it (1 run in ~20 found it held).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let backend = loop {
+            match SledBackend::open(dir) {
+                Ok(b) => break b,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let kv: Arc<dyn KvBackend> = Arc::new(backend);
         StateMachine::open(kv, history).unwrap()
     }
 
