@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use gantry_api::proto::{self, Consistency, DeleteRequest, GetRequest, ListRequest, UpdateRequest};
+use gantry_control_plane::raft::service::TimeoutNow;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -193,6 +194,129 @@ async fn write_without_quorum_fails_within_the_deadline() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_leader_hands_leadership_to_a_follower_that_would_never_campaign_alone() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let mut members = cluster(root.path(), &Options::default()).await;
+    let leader = leader_index(&members).await;
+    let term = members[leader].handle.raft.metrics().borrow().current_term;
+    // Followers never start an election by themselves here: only the handover's TimeoutNow
+    // (which openraft's switch does not block) can give the cluster a new leader.
+    for (i, m) in members.iter().enumerate() {
+        if i != leader {
+            m.handle.raft.runtime_config().elect(false);
+        }
+    }
+    let follower = (leader + 1) % 3;
+    let mut c = members[follower].client().await;
+    create_node(&mut c, "before").await;
+
+    // Only the leader a member follows may make it campaign.
+    let forged = openraft::Vote::new_committed(term + 5, members[follower].handle.identity.id);
+    let mut raft_client = gantry_api::proto::raft_service_client::RaftServiceClient::connect(
+        format!("http://{}", members[follower].addr),
+    )
+    .await
+    .unwrap();
+    let err = raft_client
+        .timeout_now(proto::RaftRequest {
+            cluster_id: members[follower].handle.identity.cluster_id.clone(),
+            data: serde_json::to_vec(&TimeoutNow { vote: forged }).unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("timeout-now refused"), "{}", err.message());
+    assert!(members[leader].is_leader());
+
+    // Writers keep writing through a follower while the leader stops.
+    let stop_writing = tokio_util::sync::CancellationToken::new();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let mut c = c.clone();
+            let stop = stop_writing.clone();
+            tokio::spawn(async move {
+                let (mut acked, mut failed) = (Vec::new(), 0);
+                for i in 0.. {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    let name = format!("w{w}-{i}");
+                    let r = c
+                        .create(proto::CreateRequest {
+                            object: Some(proto::Object {
+                                kind: "Node".into(),
+                                name: name.clone(),
+                                resource_version: 0,
+                                json: node_json(&name, serde_json::json!({})),
+                            }),
+                        })
+                        .await;
+                    match r {
+                        Ok(_) => acked.push(name),
+                        Err(e) => {
+                            assert_eq!(e.code(), tonic::Code::Unavailable, "{}", e.message());
+                            eprintln!("FAILED {name}: {}", e.message());
+                            failed += 1;
+                        }
+                    }
+                }
+                (acked, failed)
+            })
+        })
+        .collect();
+    wait_for("writes to flow", || async {
+        let m = members[leader].handle.raft.metrics().borrow().clone();
+        (m.last_applied.map(|l| l.index).unwrap_or(0) > 20).then_some(())
+    })
+    .await;
+
+    members[leader].stop().await;
+    let successor = wait_for("a new leader", || async {
+        members
+            .iter()
+            .enumerate()
+            .position(|(i, m)| i != leader && m.is_leader())
+    })
+    .await;
+    let new_term = members[successor]
+        .handle
+        .raft
+        .metrics()
+        .borrow()
+        .current_term;
+    assert_eq!(new_term, term + 1, "one election, won at once");
+
+    // Writes go on under the new leader, and none acknowledged was lost.
+    let mut c = members[3 - leader - successor].client().await;
+    create_node(&mut c, "after").await;
+    stop_writing.cancel();
+    let (mut acked, mut failed) = (Vec::new(), 0);
+    for w in writers {
+        let (a, f) = w.await.unwrap();
+        acked.extend(a);
+        failed += f;
+    }
+    eprintln!(
+        "{} writes acknowledged, {failed} failed during the handover",
+        acked.len()
+    );
+    assert!(!acked.is_empty());
+    for name in acked.iter().chain([&"before".to_string()]) {
+        let got = c
+            .get(GetRequest {
+                kind: "Node".into(),
+                name: name.clone(),
+                consistency: Consistency::Linearizable as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(got.object.is_some(), "acknowledged {name} lost");
+    }
 }
 
 async fn next_event(stream: &mut tonic::Streaming<proto::WatchEvent>) -> proto::WatchEvent {

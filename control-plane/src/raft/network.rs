@@ -571,6 +571,13 @@ mod tests {
         ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
             Err(tonic::Status::unimplemented("install_snapshot"))
         }
+
+        async fn timeout_now(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("timeout_now"))
+        }
     }
 
     /// A client of an [`EchoPeer`] served on loopback.

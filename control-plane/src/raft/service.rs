@@ -117,4 +117,50 @@ impl RaftService for RaftGrpc {
         let req = self.decode(request.get_ref())?;
         reply(&self.raft.install_snapshot(req).await)
     }
+
+    async fn timeout_now(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req: TimeoutNow = self.decode(request.get_ref())?;
+        let (vote, leader, voter) = {
+            let m = self.raft.metrics().borrow().clone();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == m.id);
+            (m.vote, m.current_leader, voter)
+        };
+        // Only the leader this member follows may tell it to campaign: a stale or foreign
+        // request must not unseat a working leader.
+        let from = req.vote.leader_id().voted_for();
+        if !vote.is_committed() || vote != req.vote || leader.is_none() || leader != from {
+            return Err(Status::failed_precondition(format!(
+                "timeout-now refused: it comes from the leader of {}, this member follows {} \
+                 (leader {leader:?})",
+                req.vote, vote
+            )));
+        }
+        if !voter {
+            return Err(Status::failed_precondition(
+                "timeout-now refused: this member is not a voter",
+            ));
+        }
+        tracing::info!(leader = ?leader, term = vote.leader_id().term,
+            "leader hands leadership over: campaigning now");
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(format!("timeout-now: raft stopped: {e}")))?;
+        reply(&())
+    }
+}
+
+/// The request of `TimeoutNow`: the vote of the leader that sends it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TimeoutNow {
+    /// The sender's vote (its term and id, committed).
+    pub vote: openraft::Vote<crate::types::NodeId>,
 }

@@ -1,5 +1,5 @@
 //! [`ObjectApi`]: the public `ObjectService`. Writes go through Raft on the leader (a follower
-//! forwards them once, marked with [`FORWARDED`]); linearizable reads take a read index on the
+//! forwards them, counting hops in [`FORWARDED`]); linearizable reads take a read index on the
 //! leader; stale reads and watch are served from the local state machine. Errors map to gRPC
 //! status codes in [`ApiError::into_status`], the one place that does so.
 
@@ -26,9 +26,15 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::transport::Channel;
 use tonic::Status;
 
-/// Metadata key marking a request a member forwarded to the leader; it is never forwarded
-/// again, so a stale leader hint cannot make requests loop.
+/// Metadata key counting how often members forwarded a request to the leader they knew. A
+/// request forwarded [`MAX_HOPS`] times is answered where it is, so stale leader hints cannot
+/// make requests loop.
 pub const FORWARDED: &str = "x-gantry-forwarded";
+
+/// Forwarding hops a request may take: a follower forwards it to its leader, and that member,
+/// when it has just handed leadership over (it refuses the write unproposed), once more to the
+/// new leader.
+pub const MAX_HOPS: u8 = 2;
 
 /// The largest public API message accepted.
 pub const MAX_API_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -114,14 +120,26 @@ pub struct ObjectApi {
     batcher: WriteBatcher,
 }
 
-fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
-    req.metadata().contains_key(FORWARDED)
+/// The hops `req` has taken (an unreadable count counts as the most).
+fn hops<T>(req: &tonic::Request<T>) -> u8 {
+    match req.metadata().get(FORWARDED) {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_HOPS),
+    }
 }
 
-fn forwarded<T>(msg: T) -> tonic::Request<T> {
+/// `msg` as a request that has taken one hop more than `hops`.
+fn forwarded<T>(msg: T, hops: u8) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    let count = if hops == 0 { "1" } else { "2" };
+    req.metadata_mut().insert(
+        FORWARDED,
+        tonic::metadata::MetadataValue::from_static(count),
+    );
     req
 }
 
@@ -189,6 +207,11 @@ impl ObjectApi {
         }
     }
 
+    /// The batcher of this API's writes.
+    pub(crate) fn batcher(&self) -> WriteBatcher {
+        self.batcher.clone()
+    }
+
     fn peer(&self, addr: &str) -> Result<ObjectServiceClient<Channel>, ApiError> {
         let mut peers = match self.peers.lock() {
             Ok(g) => g,
@@ -208,9 +231,9 @@ impl ObjectApi {
 
     /// The leader's address when this member is not the leader and the request may be
     /// forwarded; `None` to handle locally.
-    fn forward_target(&self, err: &ApiError, already_forwarded: bool) -> Option<String> {
+    fn forward_target(&self, err: &ApiError, hops: u8) -> Option<String> {
         match err {
-            ApiError::NotLeader(Some(addr)) if !already_forwarded => Some(addr.clone()),
+            ApiError::NotLeader(Some(addr)) if hops < MAX_HOPS => Some(addr.clone()),
             _ => None,
         }
     }
@@ -486,15 +509,16 @@ impl ObjectApi {
 /// Runs a handler; when this member is not the leader, forwards the request once.
 macro_rules! leader_call {
     ($self:ident, $request:ident, $do:ident, $rpc:ident) => {{
-        let already = is_forwarded(&$request);
+        let hops = hops(&$request);
         let msg = $request.into_inner();
         match $self.$do(msg.clone()).await {
             Ok(r) => Ok(tonic::Response::new(r)),
-            Err(e) => match $self.forward_target(&e, already) {
+            Err(e) => match $self.forward_target(&e, hops) {
                 Some(addr) => {
                     // A leader that vanished mid-call must not hold the client forever.
                     let mut peer = $self.peer(&addr)?;
-                    match tokio::time::timeout($self.timeout, peer.$rpc(forwarded(msg))).await {
+                    match tokio::time::timeout($self.timeout, peer.$rpc(forwarded(msg, hops))).await
+                    {
                         Ok(r) => r,
                         Err(_) => {
                             Err(ApiError::Timeout("forwarded request", $self.timeout).into_status())
@@ -537,12 +561,12 @@ impl ObjectService for ObjectApi {
         &self,
         request: tonic::Request<GetRequest>,
     ) -> Result<tonic::Response<GetResponse>, Status> {
-        let already = is_forwarded(&request);
+        let hops = hops(&request);
         let msg = request.into_inner();
         match self.do_get(&msg).await {
             Ok(r) => Ok(tonic::Response::new(r)),
-            Err(e) => match self.forward_target(&e, already) {
-                Some(addr) => self.peer(&addr)?.get(forwarded(msg)).await,
+            Err(e) => match self.forward_target(&e, hops) {
+                Some(addr) => self.peer(&addr)?.get(forwarded(msg, hops)).await,
                 None => Err(e.into_status()),
             },
         }
@@ -552,12 +576,12 @@ impl ObjectService for ObjectApi {
         &self,
         request: tonic::Request<ListRequest>,
     ) -> Result<tonic::Response<ListResponse>, Status> {
-        let already = is_forwarded(&request);
+        let hops = hops(&request);
         let msg = request.into_inner();
         match self.do_list(&msg).await {
             Ok(r) => Ok(tonic::Response::new(r)),
-            Err(e) => match self.forward_target(&e, already) {
-                Some(addr) => self.peer(&addr)?.list(forwarded(msg)).await,
+            Err(e) => match self.forward_target(&e, hops) {
+                Some(addr) => self.peer(&addr)?.list(forwarded(msg, hops)).await,
                 None => Err(e.into_status()),
             },
         }
@@ -586,10 +610,10 @@ impl ObjectService for ObjectApi {
         request: tonic::Request<MembersRequest>,
     ) -> Result<tonic::Response<MembersResponse>, Status> {
         // The leader knows everyone's progress: ask it, falling back to the local view.
-        if !is_forwarded(&request) {
+        if hops(&request) == 0 {
             if let Some(addr) = self.leader_addr() {
                 if let Ok(mut client) = self.peer(&addr) {
-                    let call = client.members(forwarded(MembersRequest {}));
+                    let call = client.members(forwarded(MembersRequest {}, 0));
                     if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), call).await {
                         return Ok(r);
                     }
@@ -610,15 +634,18 @@ impl ObjectService for ObjectApi {
         &self,
         request: tonic::Request<RemoveMemberRequest>,
     ) -> Result<tonic::Response<RemoveMemberResponse>, Status> {
-        let already = is_forwarded(&request);
+        let hops = hops(&request);
         let msg = request.into_inner();
         match self.do_remove_member(msg.clone()).await {
             Ok(()) => Ok(tonic::Response::new(RemoveMemberResponse {})),
-            Err(e) => match self.forward_target(&e, already) {
+            Err(e) => match self.forward_target(&e, hops) {
                 Some(addr) => {
                     let mut peer = self.peer(&addr)?;
-                    match tokio::time::timeout(self.timeout, peer.remove_member(forwarded(msg)))
-                        .await
+                    match tokio::time::timeout(
+                        self.timeout,
+                        peer.remove_member(forwarded(msg, hops)),
+                    )
+                    .await
                     {
                         Ok(r) => r,
                         Err(_) => {

@@ -16,7 +16,7 @@ use crate::types::{MemberNode, NodeId, Raft, Request, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Entries the batcher keeps proposed at once. More lets the leader append the next entry
 /// while the previous one replicates; fewer makes bigger batches.
@@ -56,6 +56,22 @@ struct Pending {
 #[derive(Clone)]
 pub struct WriteBatcher {
     tx: mpsc::Sender<Pending>,
+    /// One permit per entry in flight.
+    slots: Arc<Semaphore>,
+    /// True while new entries are held back (see [`WriteBatcher::hold`]).
+    held: Arc<watch::Sender<bool>>,
+}
+
+/// Keeps a [`WriteBatcher`] from proposing until dropped.
+pub struct HoldGuard {
+    held: Arc<watch::Sender<bool>>,
+    _drained: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        self.held.send_replace(false);
+    }
 }
 
 impl WriteBatcher {
@@ -64,8 +80,31 @@ impl WriteBatcher {
     /// tokio runtime. The task ends when every clone is dropped.
     pub fn new(raft: Raft, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(gather(raft, timeout, rx));
-        WriteBatcher { tx }
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let (held, held_rx) = watch::channel(false);
+        tokio::spawn(gather(raft, timeout, rx, slots.clone(), held_rx));
+        WriteBatcher {
+            tx,
+            slots,
+            held: Arc::new(held),
+        }
+    }
+
+    /// Holds back new entries (writes queue up, unanswered) until the guard is dropped, and
+    /// returns once every entry already proposed has been answered, or after `within`. A
+    /// leader handing over leadership uses it so its log stops growing.
+    pub async fn hold(&self, within: Duration) -> HoldGuard {
+        self.held.send_replace(true);
+        // Every slot free means nothing is in flight; the permits keep it so.
+        let all = self.slots.clone().acquire_many_owned(MAX_IN_FLIGHT as u32);
+        let drained = tokio::time::timeout(within, all)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        HoldGuard {
+            held: self.held.clone(),
+            _drained: drained,
+        }
     }
 
     /// Proposes `req` and waits for its own result.
@@ -87,8 +126,13 @@ fn size_of(req: &Request) -> usize {
 }
 
 /// Takes the queued writes a batch at a time, once an in-flight slot is free.
-async fn gather(raft: Raft, timeout: Duration, mut rx: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+async fn gather(
+    raft: Raft,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<Pending>,
+    slots: Arc<Semaphore>,
+    mut held: watch::Receiver<bool>,
+) {
     let mut carried: Option<Pending> = None;
     loop {
         let first = match carried.take() {
@@ -98,6 +142,9 @@ async fn gather(raft: Raft, timeout: Duration, mut rx: mpsc::Receiver<Pending>) 
                 None => return,
             },
         };
+        if held.wait_for(|h| !*h).await.is_err() {
+            return;
+        }
         // Writes arriving while every slot is busy queue up and join this batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;

@@ -2,6 +2,7 @@
 //! watcher that starts it when this member becomes leader and cancels it when it stops being
 //! leader. It also logs every role change.
 
+use super::handover::Tenure;
 use crate::store::ObjectStore;
 use crate::types::{NodeId, Raft};
 use futures::future::BoxFuture;
@@ -38,6 +39,7 @@ pub(crate) async fn watch_leadership(
     id: NodeId,
     ctx: LeaderContext,
     tasks: Vec<Arc<dyn LeaderTask>>,
+    tenure: Tenure,
     shutdown: CancellationToken,
 ) {
     let mut metrics = ctx.raft.metrics();
@@ -56,6 +58,11 @@ pub(crate) async fn watch_leadership(
             leader = current_leader;
         }
         let is_leader = state == ServerState::Leader && current_leader == Some(id);
+        if is_leader {
+            tenure.leading(term);
+        } else {
+            tenure.following();
+        }
         if is_leader && running.is_none() {
             let stop = shutdown.child_token();
             let handles = tasks

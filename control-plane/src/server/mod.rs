@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod batcher;
+mod handover;
 pub mod identity;
 pub mod leader;
 
@@ -15,6 +16,7 @@ pub use api::{ApiError, ObjectApi};
 pub use identity::Identity;
 pub use leader::{LeaderContext, LeaderTask};
 
+use self::handover::{Handover, Leadership, Tenure};
 use crate::raft::{GrpcNetwork, RaftConfigError, RaftGrpc, RaftTuning, MAX_MESSAGE_BYTES};
 use crate::store::sled_kv::CACHE_BYTES;
 use crate::store::state_machine::TREES;
@@ -44,6 +46,10 @@ pub enum Bootstrap {
 
 /// How long a stopping member waits for open calls before it drops their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Time a stopping leader gives each step of a handover (its writes in flight, a follower
+/// catching up, the follower taking over); waiting out its leader lease comes on top.
+const HANDOVER_STEP: Duration = Duration::from_secs(1);
 
 /// Everything a member needs.
 #[derive(Clone)]
@@ -315,6 +321,7 @@ pub async fn run_with(
         config.request_timeout,
         config.watch_buffer,
     );
+    let batcher = api.batcher();
     let stop_serving = CancellationToken::new();
     let server = {
         let stop = stop_serving.clone();
@@ -353,10 +360,12 @@ pub async fn run_with(
         member: config.name.clone(),
     };
     let stop_leadership = shutdown.child_token();
+    let tenure = Tenure::default();
     let leadership = tokio::spawn(leader::watch_leadership(
         identity.id,
         ctx,
         config.leader_tasks.clone(),
+        tenure.clone(),
         stop_leadership.clone(),
     ));
 
@@ -399,13 +408,30 @@ pub async fn run_with(
         }
     }
 
-    // openraft 0.9 has no leadership transfer; followers elect a new leader after their
-    // election timeout.
     stop_leadership.cancel();
     let _ = leadership.await;
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "raft shutdown");
+    if fatal.is_none() && joined.is_ok() {
+        let handover = Leadership {
+            raft: &raft,
+            id: identity.id,
+            cluster_id: &identity.cluster_id,
+            batcher: &batcher,
+            tenure: &tenure,
+            lease: config.raft.election_max,
+        };
+        let started = Instant::now();
+        match handover.hand_over(HANDOVER_STEP).await {
+            Handover::HandedTo { id, name, term } => tracing::info!(member = %config.name,
+                to = %name, to_id = id, term, elapsed = ?started.elapsed(),
+                "handed leadership over"),
+            Handover::Failed(why) => tracing::warn!(member = %config.name, %why,
+                "leadership handover failed; the other members elect a leader after their \
+                 election timeout"),
+            Handover::NotLeader | Handover::Alone => {}
+        }
     }
+    // Raft stops last: the calls still open need it (writes held during a handover go on
+    // now, refused here and forwarded to the new leader).
     stop_serving.cancel();
     // Graceful shutdown waits for open calls, and a watch never ends by itself: give calls a
     // moment to finish, then drop the connections.
@@ -418,6 +444,9 @@ pub async fn run_with(
             Ok(Ok(()))
         }
     };
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
     // A full disk may refuse this flush too: the reason Raft stopped is the one to report.
     let flushed = match log_kv.flush().await {
         Ok(()) => sm_kv.flush().await,
