@@ -228,8 +228,17 @@ async fn a_stopping_leader_hands_leadership_to_a_follower_that_would_never_campa
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
-    assert!(err.message().contains("timeout-now refused"), "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("timeout-now refused"),
+        "{}",
+        err.message()
+    );
     assert!(members[leader].is_leader());
 
     // Writers keep writing through a follower while the leader stops.

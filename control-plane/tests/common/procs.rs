@@ -28,9 +28,23 @@ pub fn member_main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let config = ServerConfig::new(name, dir, bootstrap);
-        let never = tokio_util::sync::CancellationToken::new();
-        run(config, listener, never).await.unwrap();
+        let mut config = ServerConfig::new(name, dir, bootstrap);
+        // `GANTRY_TEST_ELECTION_MS=MIN-MAX` overrides the election timeout (A/B figures).
+        if let Ok(range) = std::env::var("GANTRY_TEST_ELECTION_MS") {
+            let (min, max) = range.split_once('-').expect("MIN-MAX");
+            config.raft.election_min = Duration::from_millis(min.parse().unwrap());
+            config.raft.election_max = Duration::from_millis(max.parse().unwrap());
+        }
+        // SIGTERM stops the member as `gantry server` does.
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let on_term = shutdown.clone();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        tokio::spawn(async move {
+            term.recv().await;
+            on_term.cancel();
+        });
+        run(config, listener, shutdown).await.unwrap();
     });
 }
 
@@ -65,6 +79,18 @@ impl Proc {
             name: name.to_string(),
             addr: addr.to_string(),
         }
+    }
+
+    /// Sends SIGTERM (the member stops as `gantry server` does).
+    pub fn send_term(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+    }
+
+    /// Waits for the member to exit.
+    pub fn wait(&mut self) {
+        let _ = self.child.wait();
     }
 
     pub fn kill9(&mut self) {
