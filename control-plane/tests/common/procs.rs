@@ -25,7 +25,19 @@ pub fn member_main() {
         join => Bootstrap::Join(join.to_string()),
     };
     init_tracing();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    // `GANTRY_TEST_RUNTIME=current|multi:N` picks the member's runtime (A/B figures).
+    let rt = match std::env::var("GANTRY_TEST_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        Ok(multi) if multi.starts_with("multi:") => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(multi[6..].parse().unwrap())
+            .enable_all()
+            .build()
+            .unwrap(),
+        _ => tokio::runtime::Runtime::new().unwrap(),
+    };
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let mut config = ServerConfig::new(name, dir, bootstrap);
