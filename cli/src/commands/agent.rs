@@ -102,9 +102,13 @@ pub fn run(
     config.bridge = args.bridge.clone();
     config.advertise = args.advertise.clone().unwrap_or_default();
     let name = args.name.clone();
-    super::daemon::serve(&args.listen, |listener, shutdown| async move {
-        gantry_node_agent::run(config, Some(listener), shutdown)
-            .await
-            .with_context(|| format!("agent {name}"))
-    })
+    super::daemon::serve(
+        &args.listen,
+        super::daemon::Threads::Default,
+        |listener, shutdown| async move {
+            gantry_node_agent::run(config, Some(listener), shutdown)
+                .await
+                .with_context(|| format!("agent {name}"))
+        },
+    )
 }

@@ -1,6 +1,5 @@
 //! What the long-running commands (`gantry server`, `gantry agent`) share: structured logs on
-//! stderr, their own multi-threaded tokio runtime, a listener, and a clean stop on SIGTERM or
-//! SIGINT.
+//! stderr, their own tokio runtime, a listener, and a clean stop on SIGTERM or SIGINT.
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +17,15 @@ pub fn init_logging(default_filter: &str) {
         .try_init();
 }
 
+/// The worker threads of a daemon's runtime.
+#[derive(Debug, Clone, Copy)]
+pub enum Threads {
+    /// tokio's default: one per core.
+    Default,
+    /// This many; 1 is a current-thread runtime (no cross-thread wakeups between tasks).
+    Workers(usize),
+}
+
 /// Binds `listen`, then runs `body` with the listener and a token cancelled on SIGTERM or
 /// SIGINT; returns exit code 0 when `body` ends well.
 ///
@@ -25,15 +33,23 @@ pub fn init_logging(default_filter: &str) {
 ///
 /// # Errors
 /// The runtime cannot start, the address cannot be bound, or `body` fails.
-pub fn serve<F, Fut>(listen: &str, body: F) -> anyhow::Result<i32>
+pub fn serve<F, Fut>(listen: &str, threads: Threads, body: F) -> anyhow::Result<i32>
 where
     F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let runtime = match threads {
+        Threads::Workers(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
+        Threads::Workers(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        Threads::Default => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()
+    .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await

@@ -8,7 +8,9 @@ use gantry_control_plane::controllers::network::{
     DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, DEFAULT_SERVICE_CIDR,
 };
 use gantry_control_plane::controllers::{default_controllers, ControllerConfig};
-use gantry_control_plane::raft::RaftTuning;
+use gantry_control_plane::raft::{
+    RaftTuning, DEFAULT_ELECTION_MAX_MS, DEFAULT_ELECTION_MIN_MS, DEFAULT_HEARTBEAT_MS,
+};
 use gantry_control_plane::server::{Bootstrap, ServerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,14 +37,20 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR")]
     pub join: Option<String>,
     /// Raft heartbeat period in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
     /// Lower bound of the election timeout in milliseconds.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = DEFAULT_ELECTION_MIN_MS)]
     pub election_min_ms: u64,
-    /// Upper bound of the election timeout in milliseconds.
-    #[arg(long, default_value_t = 800)]
+    /// Upper bound of the election timeout in milliseconds. A follower that heard from a
+    /// leader campaigns after this (openraft's leader lease) plus its own timeout.
+    #[arg(long, default_value_t = DEFAULT_ELECTION_MAX_MS)]
     pub election_max_ms: u64,
+    /// Worker threads of the member's runtime; 1 (the default) runs everything on one
+    /// thread, which is fastest when members share a few cores (fsyncs still run on their
+    /// own threads).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
     /// Deadline of a write or linearizable read, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub request_timeout_ms: u64,
@@ -100,7 +108,8 @@ pub fn run(args: ServerArgs) -> anyhow::Result<i32> {
     config.request_timeout = Duration::from_millis(args.request_timeout_ms);
     config.leader_tasks = default_controllers(controllers);
     let name = args.name.clone();
-    super::daemon::serve(&args.listen, |listener, shutdown| async move {
+    let threads = super::daemon::Threads::Workers(usize::from(args.worker_threads));
+    super::daemon::serve(&args.listen, threads, |listener, shutdown| async move {
         gantry_control_plane::server::run(config, listener, shutdown)
             .await
             .with_context(|| format!("member {name}"))

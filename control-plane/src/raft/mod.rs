@@ -9,6 +9,13 @@ pub use service::RaftGrpc;
 
 use std::time::Duration;
 
+/// Default heartbeat period, in milliseconds.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+/// Default lower bound of the election timeout, in milliseconds.
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 300;
+/// Default upper bound of the election timeout, in milliseconds.
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 600;
+
 /// Timing and compaction knobs of a member.
 ///
 /// The defaults leave several heartbeats per election timeout, so a loaded 2-core machine does
@@ -33,9 +40,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(300),
-            election_max: Duration::from_millis(600),
+            heartbeat: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+            election_min: Duration::from_millis(DEFAULT_ELECTION_MIN_MS),
+            election_max: Duration::from_millis(DEFAULT_ELECTION_MAX_MS),
             snapshot_every: 5000,
             keep_logs: 1000,
         }

@@ -25,18 +25,19 @@ pub fn member_main() {
         join => Bootstrap::Join(join.to_string()),
     };
     init_tracing();
-    // `GANTRY_TEST_RUNTIME=current|multi:N` picks the member's runtime (A/B figures).
+    // One thread, as `gantry server` runs by default; `GANTRY_TEST_RUNTIME=multi` or
+    // `multi:N` picks a multi-threaded runtime instead (A/B figures).
     let rt = match std::env::var("GANTRY_TEST_RUNTIME").as_deref() {
-        Ok("current") => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
+        Ok("multi") => tokio::runtime::Runtime::new().unwrap(),
         Ok(multi) if multi.starts_with("multi:") => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(multi[6..].parse().unwrap())
             .enable_all()
             .build()
             .unwrap(),
-        _ => tokio::runtime::Runtime::new().unwrap(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
     };
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
