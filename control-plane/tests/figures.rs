@@ -135,7 +135,11 @@ async fn figures() {
     }
 
     // Clients talk to the leader, as etcd clients do.
-    for clients in [1usize, 16, 64] {
+    // `GANTRY_FIGURES_CLIENTS=1,16` runs only those rounds.
+    let rounds: Vec<usize> = std::env::var("GANTRY_FIGURES_CLIENTS")
+        .map(|v| v.split(',').map(|c| c.parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![1, 16, 64]);
+    for clients in rounds {
         let secs = 5;
         let (n, lat) = load(&leader_only, clients, secs, &format!("c{clients}")).await;
         let pct = |p: f64| percentile(&lat, p);
@@ -377,7 +381,11 @@ async fn figures_etcd() {
         .and_then(|e| e["Endpoint"].as_str())
         .map(|e| e.trim_start_matches("http://").to_string())
         .expect("an etcd leader");
-    for clients in [1usize, 16, 64] {
+    // `GANTRY_FIGURES_CLIENTS=1,16` runs only those rounds.
+    let rounds: Vec<usize> = std::env::var("GANTRY_FIGURES_CLIENTS")
+        .map(|v| v.split(',').map(|c| c.parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![1, 16, 64]);
+    for clients in rounds {
         let secs = 5;
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut tasks = Vec::new();

@@ -24,7 +24,12 @@ pub fn member_main() {
         "restart" => Bootstrap::Restart,
         join => Bootstrap::Join(join.to_string()),
     };
-    init_tracing();
+    // To stderr, which is the member's log file (the test writer would go to stdout).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     // One thread, as `gantry server` runs by default; `GANTRY_TEST_RUNTIME=multi` or
     // `multi:N` picks a multi-threaded runtime instead (A/B figures).
     let rt = match std::env::var("GANTRY_TEST_RUNTIME").as_deref() {
@@ -70,7 +75,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, root: &Path, addr: &str, boot: &str) -> Proc {
-        let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
+        // `GANTRY_TEST_LOG_DIR` keeps the members' logs (the root is a temporary directory);
+        // `GANTRY_TEST_MEMBER_LOG` is their log filter.
+        let logs = std::env::var_os("GANTRY_TEST_LOG_DIR").map_or(root.to_path_buf(), Into::into);
+        let log = std::fs::File::create(logs.join(format!("{name}.log"))).unwrap();
+        let filter = std::env::var("GANTRY_TEST_MEMBER_LOG")
+            .unwrap_or_else(|_| "info,openraft=error".into());
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -82,7 +92,7 @@ impl Proc {
                 SPEC,
                 format!("{name}|{}|{addr}|{boot}", root.join(name).display()),
             )
-            .env("RUST_LOG", "info,openraft=error")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
