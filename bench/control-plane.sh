@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Control-plane figures: three Gantry members against three etcd members (Debian's
 # etcd-server, fsync on commit) on loopback, same machine, same run: writes/s and p50/p99 at
-# 1, 16 and 64 clients, leader-kill failover time, and member memory with many objects.
+# 1, 16 and 64 clients, linearizable gets on the leader and a follower, failover after SIGKILL and
+# SIGTERM of the leader, and member memory with 10,000 objects.
 # The drivers live in control-plane/tests/figures.rs (ignored by `cargo test`). The build
 # honours CARGO_TARGET_DIR. At the end a table compares Gantry with etcd from this run
 # (ratios > 1 for writes/s and < 1 for latency mean Gantry is ahead).
@@ -33,4 +34,20 @@ for c in sorted(rows):
         continue
     print(f"| {c} | {g[0]} | {g[1]:.2f} | {g[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} "
           f"| {g[0]/e[0]:.2f} | {g[1]/e[1]:.2f} | {g[2]/e[2]:.2f} |")
+reads = {}
+rpat = re.compile(r"(etcd )?linearizable get on the (leader|follower): reads/s=(\d+) p50=(\S+) p99=(\S+)")
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    m = rpat.search(line)
+    if m:
+        who = "etcd" if m.group(1) else "gantry"
+        reads.setdefault(m.group(2), {})[who] = (int(m.group(3)), ms(m.group(4)), ms(m.group(5)))
+if reads:
+    print()
+    print("| linearizable get, 1 client | Gantry reads/s | p50 ms | p99 ms | etcd reads/s | p50 ms | p99 ms | reads/s G/e | p50 G/e |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for where in ("leader", "follower"):
+        g, e = reads.get(where, {}).get("gantry"), reads.get(where, {}).get("etcd")
+        if g and e:
+            print(f"| on the {where} | {g[0]} | {g[1]:.2f} | {g[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} "
+                  f"| {g[0]/e[0]:.2f} | {g[1]/e[1]:.2f} |")
 PY

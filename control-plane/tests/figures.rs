@@ -75,6 +75,36 @@ async fn load(addrs: &[String], clients: usize, secs: u64, prefix: &str) -> (usi
     (all.len(), all)
 }
 
+/// The concurrencies measured: 1, 16 and 64 clients, or those of `GANTRY_FIGURES_CLIENTS`
+/// (`1,16`).
+fn rounds() -> Vec<usize> {
+    std::env::var("GANTRY_FIGURES_CLIENTS")
+        .map(|v| v.split(',').map(|c| c.parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![1, 16, 64])
+}
+
+/// Linearizable gets of one existing object from `addr` by one client for `secs`.
+async fn reads(addr: &str, name: &str, secs: u64) -> Vec<Duration> {
+    let mut client = try_client(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut lat = Vec::new();
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        let got = client
+            .get(proto::GetRequest {
+                kind: "Node".into(),
+                name: name.into(),
+                consistency: proto::Consistency::Linearizable as i32,
+            })
+            .await;
+        if got.is_ok() {
+            lat.push(t.elapsed());
+        }
+    }
+    lat.sort();
+    lat
+}
+
 /// Creates exactly `objects` objects through `clients` concurrent clients.
 async fn fill(addr: &str, objects: usize, clients: usize) {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -135,11 +165,7 @@ async fn figures() {
     }
 
     // Clients talk to the leader, as etcd clients do.
-    // `GANTRY_FIGURES_CLIENTS=1,16` runs only those rounds.
-    let rounds: Vec<usize> = std::env::var("GANTRY_FIGURES_CLIENTS")
-        .map(|v| v.split(',').map(|c| c.parse().unwrap()).collect())
-        .unwrap_or_else(|_| vec![1, 16, 64]);
-    for clients in rounds {
+    for clients in rounds() {
         let secs = 5;
         let (n, lat) = load(&leader_only, clients, secs, &format!("c{clients}")).await;
         let pct = |p: f64| percentile(&lat, p);
@@ -148,6 +174,18 @@ async fn figures() {
             n as f64 / secs as f64,
             pct(0.50),
             pct(0.99)
+        );
+    }
+
+    // Linearizable reads (a read index through the leader), on the leader and a follower.
+    let follower = addrs.iter().find(|a| **a != leader).unwrap().clone();
+    for (who, addr) in [("leader", &leader), ("follower", &follower)] {
+        let lat = reads(addr, "fill-0", 3).await;
+        println!(
+            "linearizable get on the {who}: reads/s={:.0} p50={:?} p99={:?}",
+            lat.len() as f64 / 3.0,
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99)
         );
     }
 
@@ -264,31 +302,24 @@ impl EtcdConn {
     }
 
     async fn put(&mut self, key: &str, value: &[u8]) -> Option<()> {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-        let b64 = |b: &[u8]| {
-            const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            let mut out = String::new();
-            for c in b.chunks(3) {
-                let n = (u32::from(c[0]) << 16)
-                    | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                    | u32::from(*c.get(2).unwrap_or(&0));
-                for i in 0..4 {
-                    if i <= c.len() {
-                        out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                    } else {
-                        out.push('=');
-                    }
-                }
-            }
-            out
-        };
         let body = format!(
             r#"{{"key":"{}","value":"{}"}}"#,
             b64(key.as_bytes()),
             b64(value)
         );
+        self.post("/v3/kv/put", &body).await.map(|_| ())
+    }
+
+    /// A linearizable get (etcd's default range).
+    async fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        let body = format!(r#"{{"key":"{}"}}"#, b64(key.as_bytes()));
+        self.post("/v3/kv/range", &body).await
+    }
+
+    async fn post(&mut self, path: &str, body: &str) -> Option<Vec<u8>> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let req = format!(
-            "POST /v3/kv/put HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
             self.1,
             body.len(),
             body
@@ -310,8 +341,26 @@ impl EtcdConn {
         }
         let mut buf = vec![0; len];
         self.0.read_exact(&mut buf).await.ok()?;
-        status.contains(" 200 ").then_some(())
+        status.contains(" 200 ").then_some(buf)
     }
+}
+
+fn b64(b: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -381,11 +430,7 @@ async fn figures_etcd() {
         .and_then(|e| e["Endpoint"].as_str())
         .map(|e| e.trim_start_matches("http://").to_string())
         .expect("an etcd leader");
-    // `GANTRY_FIGURES_CLIENTS=1,16` runs only those rounds.
-    let rounds: Vec<usize> = std::env::var("GANTRY_FIGURES_CLIENTS")
-        .map(|v| v.split(',').map(|c| c.parse().unwrap()).collect())
-        .unwrap_or_else(|_| vec![1, 16, 64]);
-    for clients in rounds {
+    for clients in rounds() {
         let secs = 5;
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut tasks = Vec::new();
@@ -420,6 +465,25 @@ async fn figures_etcd() {
             all.len() as f64 / secs as f64,
             pct(0.50),
             pct(0.99)
+        );
+    }
+    let follower = client.iter().find(|a| **a != leader).unwrap().clone();
+    for (who, addr) in [("leader", &leader), ("follower", &follower)] {
+        let mut conn = EtcdConn::connect(addr).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut lat = Vec::new();
+        while Instant::now() < deadline {
+            let t = Instant::now();
+            if conn.get("probe").await.is_some() {
+                lat.push(t.elapsed());
+            }
+        }
+        lat.sort();
+        println!(
+            "etcd linearizable get on the {who}: reads/s={:.0} p50={:?} p99={:?}",
+            lat.len() as f64 / 3.0,
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99)
         );
     }
     drop(procs);

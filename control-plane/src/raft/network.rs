@@ -55,6 +55,10 @@ pub struct GrpcNetwork {
     cluster_id: Arc<str>,
     max_append_bytes: usize,
     durability: Option<Durability>,
+    /// One channel (HTTP/2 connection) per peer address, shared by every client openraft
+    /// makes: it makes a new client for each leadership check of a linearizable read, and a
+    /// new connection each time cost a TCP and HTTP/2 handshake per read.
+    channels: Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
 }
 
 impl GrpcNetwork {
@@ -64,7 +68,19 @@ impl GrpcNetwork {
             cluster_id: cluster_id.into(),
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
             durability: None,
+            channels: Arc::default(),
         }
+    }
+
+    /// The shared channel to `addr`.
+    fn channel(&self, addr: &str) -> Option<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Some(ch.clone());
+        }
+        let ch = channel(addr).ok()?;
+        channels.insert(addr.to_string(), ch.clone());
+        Some(ch)
     }
 
     /// Never tells a follower a commit index above what `durability` knows flushed here:
@@ -112,7 +128,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerClient {
-        let client = channel(&node.addr).ok().map(|ch| {
+        let client = self.channel(&node.addr).map(|ch| {
             RaftServiceClient::new(ch)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
