@@ -77,6 +77,61 @@ fn sigkill_of_the_leader_during_writes_loses_no_acknowledged_write() {
     });
 }
 
+/// The term the current leader reports.
+async fn leader_term(cluster: &TestCluster) -> u64 {
+    let mut c = cluster.client().await.unwrap();
+    let m = c.members().await.unwrap();
+    m.members.iter().find(|m| m.leader).map_or(0, |m| m.term)
+}
+
+#[test]
+fn sigterm_of_the_leader_hands_leadership_to_a_follower_in_one_election() {
+    let _one = serial();
+    let cluster = TestCluster::up(3, 0).expect("cluster up");
+    let rt = runtime();
+    let (leader, term) = rt.block_on(async {
+        let mut c = cluster.client().await.unwrap();
+        c.create(&service("before")).await.unwrap();
+        let leader = cluster.leader().await.unwrap();
+        (leader, leader_term(&cluster).await)
+    });
+    // `cluster stop` sends SIGTERM and returns once the member has exited.
+    cluster.member("stop", &leader).unwrap();
+    let stopped = Instant::now();
+    let log_path = cluster.dir().join("logs").join(format!("{leader}.log"));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("handed leadership over"),
+        "{leader} did not hand over:\n{log}"
+    );
+    rt.block_on(async {
+        let after = eventually(
+            "a write after the stop",
+            Duration::from_secs(15),
+            || async {
+                let mut c = cluster.client().await.ok()?;
+                match c.create(&service("after")).await {
+                    Ok(_) | Err(ClientError::AlreadyExists(_)) => Some(stopped.elapsed()),
+                    Err(_) => None,
+                }
+            },
+        )
+        .await
+        .unwrap();
+        let new_leader = cluster.leader().await.unwrap();
+        assert_ne!(new_leader, leader);
+        assert_eq!(
+            leader_term(&cluster).await,
+            term + 1,
+            "more than one election"
+        );
+        eprintln!(
+            "figure: after SIGTERM of leader {leader} ({new_leader} leads), a write was \
+             accepted {after:?} after the member exited"
+        );
+    });
+}
+
 #[test]
 fn a_partitioned_leader_refuses_writes_while_the_majority_elects_and_serves() {
     let _one = serial();
