@@ -722,3 +722,23 @@ async fn feed_watcher(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_counts_hops_and_stops_at_the_limit() {
+        let fresh = tonic::Request::new(());
+        assert_eq!(hops(&fresh), 0);
+        let once = forwarded((), hops(&fresh));
+        assert_eq!(hops(&once), 1);
+        let twice = forwarded((), hops(&once));
+        assert_eq!(hops(&twice), MAX_HOPS);
+        // A count the member cannot read is taken as the limit: never forwarded again.
+        let mut odd = tonic::Request::new(());
+        odd.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("lots"));
+        assert_eq!(hops(&odd), MAX_HOPS);
+    }
+}
