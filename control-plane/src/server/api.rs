@@ -737,8 +737,10 @@ mod tests {
         assert_eq!(hops(&twice), MAX_HOPS);
         // A count the member cannot read is taken as the limit: never forwarded again.
         let mut odd = tonic::Request::new(());
-        odd.metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("lots"));
+        odd.metadata_mut().insert(
+            FORWARDED,
+            tonic::metadata::MetadataValue::from_static("lots"),
+        );
         assert_eq!(hops(&odd), MAX_HOPS);
     }
 }
