@@ -4,10 +4,12 @@
 //! openraft 0.9 has no leadership transfer, so the steps are ours:
 //! 1. the write batcher holds new writes back and waits for the entries in flight, so the
 //!    leader's log stops growing;
-//! 2. once this member has led longer than its leader lease (before that, openraft makes it
-//!    refuse any candidate's vote request), a voter whose log matches the leader's is picked;
-//! 3. it is sent `TimeoutNow`, and campaigns at once: its log is as long as the leader's, so
-//!    the leader grants its vote, and with a three-member cluster the two votes are a quorum;
+//! 2. a voter whose replicated log matches the leader's is picked (none within a step: give
+//!    up, the others are down too);
+//! 3. once this member has led longer than its leader lease (before that, openraft makes it
+//!    refuse any candidate's vote request), the voter is sent `TimeoutNow` and campaigns at
+//!    once: its log is as long as the leader's, so the leader grants its vote, and with a
+//!    three-member cluster the two votes are a quorum;
 //! 4. once the new leader is known, the held writes go on: openraft refuses them here, and
 //!    the API forwards them to the new leader.
 //!
