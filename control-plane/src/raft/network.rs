@@ -207,12 +207,9 @@ async fn append_over_stream(
                     replies: Box::new(replies.into_inner()),
                 }
             }
+            // A member without the stream: this append and every later one go unary.
             Err(status) if status.code() == tonic::Code::Unimplemented => {
                 *stream = StreamState::Unsupported;
-                return client
-                    .append_entries(message)
-                    .await
-                    .map(tonic::Response::into_inner);
             }
             Err(status) => return Err(status),
         }
@@ -336,12 +333,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
     {
         if let Some(durability) = &self.durability {
-            let known: Vec<_> = rpc
+            let known = rpc
                 .prev_log_id
                 .into_iter()
-                .chain(rpc.entries.iter().map(|e| e.log_id))
-                .collect();
-            match durability.clamp_commit(rpc.leader_commit, &known) {
+                .chain(rpc.entries.iter().map(|e| e.log_id));
+            match durability.clamp_commit(rpc.leader_commit, known) {
                 Clamp::Keep => {}
                 Clamp::To(lower) => rpc.leader_commit = lower,
                 Clamp::Wait => {

@@ -147,8 +147,13 @@ impl Durability {
     }
 
     /// Whether `commit` may be told to followers now, given the entries `known` (the log ids
-    /// of the request, its previous log id included) whose ids are at hand.
-    pub fn clamp_commit(&self, commit: Option<LogId<NodeId>>, known: &[LogId<NodeId>]) -> Clamp {
+    /// of the request, its previous log id included) whose ids are at hand. `known` is only
+    /// walked when an early append is outstanding below the commit.
+    pub fn clamp_commit(
+        &self,
+        commit: Option<LogId<NodeId>>,
+        known: impl IntoIterator<Item = LogId<NodeId>>,
+    ) -> Clamp {
         let Some(commit) = commit else {
             return Clamp::Keep;
         };
@@ -163,8 +168,8 @@ impl Durability {
         if let Some(tip) = state.durable_tip.filter(|t| t.index == bound) {
             return Clamp::To(Some(tip));
         }
-        match known.iter().find(|id| id.index == bound) {
-            Some(id) => Clamp::To(Some(*id)),
+        match known.into_iter().find(|id| id.index == bound) {
+            Some(id) => Clamp::To(Some(id)),
             None => Clamp::Wait,
         }
     }
@@ -214,23 +219,23 @@ mod tests {
     fn the_commit_told_to_followers_never_passes_the_leaders_durable_log() {
         let d = Durability::new();
         // Nothing outstanding: any commit index goes out.
-        assert_eq!(d.clamp_commit(Some(id(2, 9)), &[]), Clamp::Keep);
+        assert_eq!(d.clamp_commit(Some(id(2, 9)), []), Clamp::Keep);
         d.early(1, 5, id(2, 6));
         d.early(2, 7, id(2, 8));
-        assert_eq!(d.clamp_commit(Some(id(2, 4)), &[]), Clamp::Keep);
+        assert_eq!(d.clamp_commit(Some(id(2, 4)), []), Clamp::Keep);
         // Index 4 is not an early entry and not in the request: its id is unknown.
-        assert_eq!(d.clamp_commit(Some(id(2, 6)), &[]), Clamp::Wait);
+        assert_eq!(d.clamp_commit(Some(id(2, 6)), []), Clamp::Wait);
         assert_eq!(
-            d.clamp_commit(Some(id(2, 6)), &[id(1, 4), id(2, 5)]),
+            d.clamp_commit(Some(id(2, 6)), [id(1, 4), id(2, 5)]),
             Clamp::To(Some(id(1, 4)))
         );
         d.flushed(1);
         assert_eq!(
-            d.clamp_commit(Some(id(2, 8)), &[]),
+            d.clamp_commit(Some(id(2, 8)), []),
             Clamp::To(Some(id(2, 6)))
         );
         d.flushed(2);
-        assert_eq!(d.clamp_commit(Some(id(2, 8)), &[]), Clamp::Keep);
-        assert_eq!(d.clamp_commit(None, &[]), Clamp::Keep);
+        assert_eq!(d.clamp_commit(Some(id(2, 8)), []), Clamp::Keep);
+        assert_eq!(d.clamp_commit(None, []), Clamp::Keep);
     }
 }

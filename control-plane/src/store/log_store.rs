@@ -153,9 +153,6 @@ async fn group_commit(
 /// Reports the flush of `jobs` with its result: callbacks fire, early appends are marked
 /// durable (or the failure recorded).
 fn complete(jobs: Vec<Flush>, flushed: &Result<(), String>, durability: Option<&Durability>) {
-    if let (Err(e), Some(durability)) = (flushed, durability) {
-        durability.fault(format!("flushing the raft log: {e}"));
-    }
     let mut early = None;
     for job in jobs {
         match job {
@@ -165,11 +162,13 @@ fn complete(jobs: Vec<Flush>, flushed: &Result<(), String>, durability: Option<&
             Flush::Early(seq) => early = Some(seq),
         }
     }
-    if let (Some(seq), Some(durability)) = (early, durability) {
-        match flushed {
-            Ok(()) => durability.flushed(seq),
-            Err(e) => durability.failed(format!("flushing the raft log: {e}")),
-        }
+    let Some(durability) = durability else { return };
+    match (flushed, early) {
+        (Ok(()), Some(seq)) => durability.flushed(seq),
+        (Ok(()), None) => {}
+        // `failed` also records the fault; waits on early appends fail with it.
+        (Err(e), Some(_)) => durability.failed(format!("flushing the raft log: {e}")),
+        (Err(e), None) => durability.fault(format!("flushing the raft log: {e}")),
     }
 }
 
