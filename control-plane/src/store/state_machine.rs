@@ -204,17 +204,25 @@ impl ObjectStore {
             }
         };
         check(self)?;
-        let history = self
-            .inner
-            .kv
-            .range(
-                self.tree(),
-                &history_key(from.saturating_add(1)),
-                Some(b"h0"),
-            )?
-            .iter()
-            .map(|(k, v)| decode(k, v))
-            .collect::<Result<Vec<Change>, _>>()?;
+        // Only changes up to the revision read here, after subscribing: every one of them is
+        // applied, and every later one reaches `rx` (the revision is stored before its changes
+        // are sent). A scan beyond it could meet an entry being applied, with a later change
+        // already written and an earlier one not yet; a reader skipping live changes up to the
+        // last one seen would lose the earlier.
+        let upto = self.revision();
+        let end = match upto.checked_add(1) {
+            Some(next) => history_key(next),
+            None => b"h0".to_vec(),
+        };
+        let start = history_key(from.saturating_add(1));
+        let history = if start >= end {
+            Vec::new()
+        } else {
+            self.inner.kv.range(self.tree(), &start, Some(&end))?
+        }
+        .iter()
+        .map(|(k, v)| decode(k, v))
+        .collect::<Result<Vec<Change>, _>>()?;
         // A compaction may have run while reading; then the history may have holes.
         check(self)?;
         Ok((history, rx))
