@@ -634,13 +634,15 @@ impl StateMachine {
             let compacted = self
                 .compact_history(revision, &mut batch)
                 .map_err(write_err)?;
-            self.kv()
-                .apply(self.store.tree(), batch)
-                .map_err(write_err)?;
             let inner = &self.store.inner;
+            // Announced before the history is cut: a watcher whose scan met a cut key then
+            // finds the new bound when it checks again after the scan, and lists again.
             if let Some(c) = compacted {
                 inner.compacted.store(c, Ordering::Release);
             }
+            self.kv()
+                .apply(self.store.tree(), batch)
+                .map_err(write_err)?;
             inner.revision.store(revision, Ordering::Release);
             for change in changes {
                 // No receiver is not an error: nobody watches.
