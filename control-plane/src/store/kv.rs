@@ -52,6 +52,19 @@ pub trait KvBackend: Send + Sync + 'static {
     fn apply(&self, tree: &str, batch: WriteBatch) -> Result<(), StoreError>;
     /// Key-value pairs with `start <= key < end` (`end = None`: to the end), in key order.
     fn range(&self, tree: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<Pair>, StoreError>;
+    /// The keys with `start <= key < end`, in key order (the values are not copied).
+    fn keys(
+        &self,
+        tree: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .range(tree, start, end)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
     /// The last pair with `start <= key < end`.
     fn last_in(
         &self,

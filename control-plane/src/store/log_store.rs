@@ -187,6 +187,9 @@ where
     Ok(())
 }
 
+/// Log entries removed per write batch by a purge.
+const PURGE_SLICE: usize = 256;
+
 fn index_key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
 }
@@ -315,10 +318,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let doomed = self
             .kv
-            .range(LOG, &index_key(log_id.index), None)
+            .keys(LOG, &index_key(log_id.index), None)
             .map_err(read_err)?;
+        // One batch: a crash must not leave a hole in the log.
         let mut batch = WriteBatch::default();
-        for (k, _) in doomed {
+        for k in doomed {
             batch.delete(k);
         }
         self.kv.apply(LOG, batch).map_err(write_err)?;
@@ -332,12 +336,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let end = log_id.index.saturating_add(1);
         let doomed = self
             .kv
-            .range(LOG, &index_key(0), Some(&index_key(end)))
+            .keys(LOG, &index_key(0), Some(&index_key(end)))
             .map_err(read_err)?;
-        let mut batch = WriteBatch::default();
-        for (k, _) in doomed {
-            batch.delete(k);
+        // In slices, yielding between them: a purge after a snapshot removes thousands of
+        // entries, and the member's runtime has one thread. The slices need not be atomic
+        // together: entries below the durable purge point are never read, and a crash
+        // mid-purge leaves some for the next purge, which scans from the start.
+        for slice in doomed.chunks(PURGE_SLICE) {
+            let mut batch = WriteBatch::default();
+            for k in slice {
+                batch.delete(k.clone());
+            }
+            self.kv.apply(LOG, batch).map_err(write_err)?;
+            tokio::task::yield_now().await;
         }
-        self.kv.apply(LOG, batch).map_err(write_err)
+        Ok(())
     }
 }

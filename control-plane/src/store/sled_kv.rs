@@ -258,6 +258,21 @@ impl KvBackend for SledBackend {
         .collect()
     }
 
+    fn keys(
+        &self,
+        tree: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let t = self.tree(tree)?;
+        let iter = match end {
+            Some(end) => t.range(start..end),
+            None => t.range(start..),
+        };
+        iter.map(|r| r.map(|(k, _)| k.to_vec()).map_err(StoreError::from))
+            .collect()
+    }
+
     fn last_in(
         &self,
         tree: &str,
@@ -362,6 +377,25 @@ mod tests {
         assert_eq!(value(&kv, "a").as_deref(), Some("2"));
         assert_eq!(value(&kv, "b"), None);
         assert_eq!(value(&kv, "c").as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn keys_lists_the_keys_of_a_range_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = SledBackend::open(dir.path()).unwrap();
+        kv.apply(
+            "t",
+            batch(vec![
+                put("c", "3"),
+                put("a", "1"),
+                put("b", "2"),
+                put("d", "4"),
+            ]),
+        )
+        .unwrap();
+        let keys = kv.keys("t", b"b", Some(b"d")).unwrap();
+        assert_eq!(keys, vec![b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(kv.keys("t", b"a", None).unwrap().len(), 4);
     }
 
     #[test]
