@@ -7,6 +7,9 @@ use futures::future::BoxFuture;
 /// A key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
+/// Keys, in order.
+pub type Keys = Vec<Vec<u8>>;
+
 /// One write of a [`WriteBatch`].
 #[derive(Debug, Clone)]
 pub enum BatchOp {
@@ -52,13 +55,9 @@ pub trait KvBackend: Send + Sync + 'static {
     fn apply(&self, tree: &str, batch: WriteBatch) -> Result<(), StoreError>;
     /// Key-value pairs with `start <= key < end` (`end = None`: to the end), in key order.
     fn range(&self, tree: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<Pair>, StoreError>;
-    /// The keys with `start <= key < end`, in key order (the values are not copied).
-    fn keys(
-        &self,
-        tree: &str,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// The keys with `start <= key < end`, in key order (an implementation may skip copying
+    /// the values).
+    fn keys(&self, tree: &str, start: &[u8], end: Option<&[u8]>) -> Result<Keys, StoreError> {
         Ok(self
             .range(tree, start, end)?
             .into_iter()

@@ -20,7 +20,7 @@
 //! batches hide that); the object store's readers do not rely on it (they read the store
 //! revision first and take nothing beyond it as settled).
 
-use super::kv::{BatchOp, KvBackend, WriteBatch};
+use super::kv::{BatchOp, Keys, KvBackend, WriteBatch};
 use super::StoreError;
 use futures::future::BoxFuture;
 use std::path::Path;
@@ -201,6 +201,14 @@ fn decode_redo(b: &[u8]) -> Option<(u64, String, Vec<BatchOp>)> {
     Some((seq, tree, ops))
 }
 
+/// The pairs of `t` with `start <= key < end` (`end = None`: to the end).
+fn scan(t: &sled::Tree, start: &[u8], end: Option<&[u8]>) -> sled::Iter {
+    match end {
+        Some(end) => t.range(start..end),
+        None => t.range(start..),
+    }
+}
+
 /// One write, atomic by itself, left in sled's log buffer until a flush.
 fn apply_one(tree: &sled::Tree, op: BatchOp) -> Result<(), StoreError> {
     match op {
@@ -246,30 +254,17 @@ impl KvBackend for SledBackend {
         start: &[u8],
         end: Option<&[u8]>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let t = self.tree(tree)?;
-        let iter = match end {
-            Some(end) => t.range(start..end),
-            None => t.range(start..),
-        };
-        iter.map(|r| {
-            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(StoreError::from)
-        })
-        .collect()
+        scan(&self.tree(tree)?, start, end)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            })
+            .collect()
     }
 
-    fn keys(
-        &self,
-        tree: &str,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let t = self.tree(tree)?;
-        let iter = match end {
-            Some(end) => t.range(start..end),
-            None => t.range(start..),
-        };
-        iter.map(|r| r.map(|(k, _)| k.to_vec()).map_err(StoreError::from))
+    fn keys(&self, tree: &str, start: &[u8], end: Option<&[u8]>) -> Result<Keys, StoreError> {
+        scan(&self.tree(tree)?, start, end)
+            .map(|r| r.map(|(k, _)| k.to_vec()).map_err(StoreError::from))
             .collect()
     }
 
@@ -279,11 +274,7 @@ impl KvBackend for SledBackend {
         start: &[u8],
         end: Option<&[u8]>,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let t = self.tree(tree)?;
-        let mut iter = match end {
-            Some(end) => t.range(start..end),
-            None => t.range(start..),
-        };
+        let mut iter = scan(&self.tree(tree)?, start, end);
         Ok(iter
             .next_back()
             .transpose()?
