@@ -79,11 +79,12 @@ impl SledBackend {
             path: log.display().to_string(),
             message: e.to_string(),
         })?;
-        let seq =
-            recover(&db).map_err(|e| open_err(format!("completing a cut-short batch: {e}")))?;
+        let redo = db.open_tree(REDO_TREE)?;
+        let seq = recover(&db, &redo)
+            .map_err(|e| open_err(format!("completing a cut-short batch: {e}")))?;
         Ok(SledBackend {
             redo: Arc::new(Redo {
-                tree: db.open_tree(REDO_TREE)?,
+                tree: redo,
                 seq: Mutex::new(seq),
             }),
             db,
@@ -109,10 +110,9 @@ impl SledBackend {
     }
 }
 
-/// Applies the redo record of `db` again if it is not marked done, and returns its sequence
-/// number (0 with none).
-fn recover(db: &sled::Db) -> Result<u64, StoreError> {
-    let redo = db.open_tree(REDO_TREE)?;
+/// Applies the redo record in `redo` to its tree of `db` again if it is not marked done, and
+/// returns its sequence number (0 with none).
+fn recover(db: &sled::Db, redo: &sled::Tree) -> Result<u64, StoreError> {
     let Some(record) = redo.get(REDO_RECORD)? else {
         return Ok(0);
     };
