@@ -597,7 +597,6 @@ impl ObjectService for ObjectApi {
         let kind = kind_of(&msg.kind)?.to_string();
         let (history, live) = self.store.watch(msg.from_revision).map_err(|e| match e {
             WatchError::Compacted { requested, .. } => ApiError::Compacted(requested),
-            WatchError::Store(e) => ApiError::Store(e),
         })?;
         let (tx, rx) = mpsc::channel(self.watch_buffer);
         tokio::spawn(feed_watcher(kind, msg.from_revision, history, live, tx));
@@ -678,7 +677,7 @@ fn event_of(change: &crate::store::state_machine::Change) -> WatchEvent {
 async fn feed_watcher(
     kind: String,
     from: u64,
-    history: Vec<crate::store::state_machine::Change>,
+    history: Vec<Arc<crate::store::state_machine::Change>>,
     mut live: broadcast::Receiver<WatchItem>,
     tx: mpsc::Sender<Result<WatchEvent, Status>>,
 ) {

@@ -4,9 +4,7 @@
 //! The state lives in one of two trees, `sm_a` or `sm_b`; the key `current` of tree `sm_meta`
 //! names the live one. In the live tree:
 //! - `o/<kind>/<name>` → a [`StoredObject`] (JSON),
-//! - `h/<revision BE>` → a [`Change`] (the watch history, bounded),
-//! - `m/applied`, `m/membership`, `m/compacted` → openraft's applied state and the oldest
-//!   revision watch can resume from,
+//! - `m/applied`, `m/membership` → openraft's applied state,
 //! - `m/revision` → the store's revision: the revision of its last write, or the last applied
 //!   log index if that is greater.
 //!
@@ -19,6 +17,13 @@
 //! write is versioned at its log index (as before batches existed, and data written then has
 //! no `m/revision`: its revision is `m/applied`), and the items of a batch get consecutive
 //! revisions in order. Every member computes the same revisions from the same log.
+//!
+//! The watch history (the last changes, bounded) lives in memory, as Kubernetes' watch cache
+//! does: writing each change a second time into sled, and deleting it again when it leaves
+//! the window, cost more than a third of a member's storage work. After a restart or a
+//! snapshot install a member's history starts at its revision; a watcher asking for an older
+//! one is told to list again, as after a compaction. Data dirs written before kept the history
+//! in `h/` keys; they are removed on open.
 
 use super::{decode, encode, read_err, write_err, Durability, KvBackend, StoreError, WriteBatch};
 use crate::types::{MemberNode, NodeId, Request, Response, StoredObject, TypeConfig};
@@ -28,10 +33,10 @@ use openraft::{
     StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::broadcast;
 
 const SM_META: &str = "sm_meta";
@@ -43,7 +48,10 @@ const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
-const COMPACTED: &[u8] = b"m/compacted";
+/// Written by older versions; removed on open.
+const LEGACY_COMPACTED: &[u8] = b"m/compacted";
+const LEGACY_HISTORY: &[u8] = b"h/";
+const LEGACY_HISTORY_END: &[u8] = b"h0"; // '0' follows '/'
 const REVISION: &[u8] = b"m/revision";
 
 /// Every tree the state machine writes.
@@ -90,10 +98,49 @@ fn object_key(kind: &str, name: &str) -> Vec<u8> {
     format!("o/{kind}/{name}").into_bytes()
 }
 
-fn history_key(rev: u64) -> Vec<u8> {
-    let mut k = b"h/".to_vec();
-    k.extend_from_slice(&rev.to_be_bytes());
-    k
+/// The watch history: the latest changes, oldest first.
+struct History {
+    changes: VecDeque<Arc<Change>>,
+    /// Every change with a revision above `floor` and up to the store's revision is in
+    /// `changes`: the oldest revision a watch can start from.
+    floor: u64,
+    /// How many changes are kept.
+    cap: usize,
+}
+
+impl History {
+    fn new(floor: u64, cap: u64) -> Self {
+        History {
+            changes: VecDeque::new(),
+            floor,
+            cap: usize::try_from(cap.max(1)).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn push(&mut self, change: Arc<Change>) {
+        if self.changes.len() == self.cap {
+            if let Some(old) = self.changes.pop_front() {
+                self.floor = old.revision;
+            }
+        }
+        self.changes.push_back(change);
+    }
+
+    /// Forgets every change: the history starts again at `floor`.
+    fn reset(&mut self, floor: u64) {
+        self.changes.clear();
+        self.floor = floor;
+    }
+
+    /// The changes with a revision in `(from, upto]`.
+    fn between(&self, from: u64, upto: u64) -> Vec<Arc<Change>> {
+        let start = self.changes.partition_point(|c| c.revision <= from);
+        self.changes
+            .range(start..)
+            .take_while(|c| c.revision <= upto)
+            .cloned()
+            .collect()
+    }
 }
 
 /// The snapshot payload: every object of the store and its revision.
@@ -113,9 +160,38 @@ struct Inner {
     kv: Arc<dyn KvBackend>,
     current: RwLock<&'static str>,
     revision: AtomicU64,
-    compacted: AtomicU64,
-    history: u64,
+    history: Mutex<History>,
     events: broadcast::Sender<WatchItem>,
+}
+
+impl Inner {
+    fn history(&self) -> MutexGuard<'_, History> {
+        // Plain data: a panic while holding the lock leaves it usable.
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes the watch history that older versions kept in `tree`, a slice at a time.
+fn drop_legacy_history(kv: &dyn KvBackend, tree: &str) -> Result<(), StoreError> {
+    let keys = kv.keys(tree, LEGACY_HISTORY, Some(LEGACY_HISTORY_END))?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    for slice in keys.chunks(1024) {
+        let mut batch = WriteBatch::default();
+        for k in slice {
+            batch.delete(k.clone());
+        }
+        kv.apply(tree, batch)?;
+    }
+    let mut batch = WriteBatch::default();
+    batch.delete(LEGACY_COMPACTED);
+    kv.apply(tree, batch)?;
+    tracing::info!(
+        changes = keys.len(),
+        "removed the watch history kept on disk by an older version"
+    );
+    Ok(())
 }
 
 /// The read side of the object store, cheap to clone; shared by the API server.
@@ -137,9 +213,6 @@ pub enum WatchError {
         /// The compaction revision.
         compacted: u64,
     },
-    /// Reading the history failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 impl ObjectStore {
@@ -158,7 +231,7 @@ impl ObjectStore {
 
     /// The oldest revision a watch can start from.
     pub fn compacted(&self) -> u64 {
-        self.inner.compacted.load(Ordering::Acquire)
+        self.inner.history().floor
     }
 
     /// One object.
@@ -190,42 +263,20 @@ impl ObjectStore {
     pub fn watch(
         &self,
         from: u64,
-    ) -> Result<(Vec<Change>, broadcast::Receiver<WatchItem>), WatchError> {
+    ) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<WatchItem>), WatchError> {
         let rx = self.inner.events.subscribe();
-        let check = |store: &Self| {
-            let compacted = store.compacted();
-            if from < compacted {
-                Err(WatchError::Compacted {
-                    requested: from,
-                    compacted,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        check(self)?;
         // Only changes up to the revision read here, after subscribing: every one of them is
-        // applied, and every later one reaches `rx` (the revision is stored before its changes
-        // are sent). A scan beyond it could meet an entry being applied, with a later change
-        // already written and an earlier one not yet; a reader skipping live changes up to the
-        // last one seen would lose the earlier.
+        // in the history (it is recorded before the revision moves), and every later one
+        // reaches `rx` (the revision moves before its changes are sent).
         let upto = self.revision();
-        let end = match upto.checked_add(1) {
-            Some(next) => history_key(next),
-            None => b"h0".to_vec(),
-        };
-        let start = history_key(from.saturating_add(1));
-        let history = if start >= end {
-            Vec::new()
-        } else {
-            self.inner.kv.range(self.tree(), &start, Some(&end))?
+        let history = self.inner.history();
+        if from < history.floor {
+            return Err(WatchError::Compacted {
+                requested: from,
+                compacted: history.floor,
+            });
         }
-        .iter()
-        .map(|(k, v)| decode(k, v))
-        .collect::<Result<Vec<Change>, _>>()?;
-        // A compaction may have run while reading; then the history may have holes.
-        check(self)?;
-        Ok((history, rx))
+        Ok((history.between(from, upto), rx))
     }
 }
 
@@ -262,16 +313,13 @@ impl StateMachine {
             Some(v) => decode(APPLIED, &v)?,
             None => None,
         };
-        let compacted: u64 = match kv.get(current, COMPACTED)? {
-            Some(v) => decode(COMPACTED, &v)?,
-            None => 0,
-        };
         let applied = applied.map(|l| l.index).unwrap_or(0);
         let revision: u64 = match kv.get(current, REVISION)? {
             Some(v) => decode(REVISION, &v)?,
             // Written before batches: revisions were log indexes.
             None => applied,
         };
+        drop_legacy_history(&*kv, current)?;
         let (events, _) = broadcast::channel(ring.max(1));
         Ok(StateMachine {
             store: ObjectStore {
@@ -279,8 +327,7 @@ impl StateMachine {
                     kv,
                     current: RwLock::new(current),
                     revision: AtomicU64::new(revision.max(applied)),
-                    compacted: AtomicU64::new(compacted),
-                    history: history.max(1),
+                    history: Mutex::new(History::new(revision.max(applied), history)),
                     events,
                 }),
             },
@@ -467,7 +514,6 @@ impl StateMachine {
             object: object.clone(),
             revision: next,
         };
-        batch.put(history_key(next), encode(&change));
         Ok((
             Response::Written {
                 object,
@@ -475,31 +521,6 @@ impl StateMachine {
             },
             Some(change),
         ))
-    }
-
-    /// Adds the deletion of history older than the window to `batch`, if due.
-    fn compact_history(
-        &self,
-        revision: u64,
-        batch: &mut WriteBatch,
-    ) -> Result<Option<u64>, StoreError> {
-        let inner = &self.store.inner;
-        let compacted = inner.compacted.load(Ordering::Acquire);
-        // Compact in steps of an eighth of the window to keep the scans rare.
-        if revision < compacted + inner.history + inner.history / 8 + 1 {
-            return Ok(None);
-        }
-        let new_compacted = revision - inner.history;
-        let old = self.kv().range(
-            self.store.tree(),
-            &history_key(compacted),
-            Some(&history_key(new_compacted.saturating_add(1))),
-        )?;
-        for (k, _) in old {
-            batch.delete(k);
-        }
-        batch.put(COMPACTED, encode(&new_compacted));
-        Ok(Some(new_compacted))
     }
 }
 
@@ -670,22 +691,22 @@ impl StateMachine {
             }
             batch.put(APPLIED, encode(&applied));
             batch.put(REVISION, encode(&revision));
-            let compacted = self
-                .compact_history(revision, &mut batch)
-                .map_err(write_err)?;
-            let inner = &self.store.inner;
-            // Announced before the history is cut: a watcher whose scan met a cut key then
-            // finds the new bound when it checks again after the scan, and lists again.
-            if let Some(c) = compacted {
-                inner.compacted.store(c, Ordering::Release);
-            }
             self.kv()
                 .apply(self.store.tree(), batch)
                 .map_err(write_err)?;
+            let inner = &self.store.inner;
+            let changes: Vec<Arc<Change>> = changes.into_iter().map(Arc::new).collect();
+            // Into the history before the revision moves, sent after (see `watch`).
+            {
+                let mut history = inner.history();
+                for change in &changes {
+                    history.push(change.clone());
+                }
+            }
             inner.revision.store(revision, Ordering::Release);
             for change in changes {
                 // No receiver is not an error: nobody watches.
-                let _ = inner.events.send(WatchItem::Change(Arc::new(change)));
+                let _ = inner.events.send(WatchItem::Change(change));
             }
         }
         Ok(responses)
@@ -718,7 +739,6 @@ impl StateMachine {
         batch.put(APPLIED, encode(&meta.last_log_id));
         batch.put(MEMBERSHIP, encode(&meta.last_membership));
         batch.put(REVISION, encode(&revision));
-        batch.put(COMPACTED, encode(&revision));
         self.kv().apply(new, batch).map_err(write_err)?;
         let mut snap = WriteBatch::default();
         snap.put(SNAP_META, encode(meta));
@@ -735,8 +755,8 @@ impl StateMachine {
             Ok(mut g) => *g = new,
             Err(poisoned) => *poisoned.into_inner() = new,
         }
+        inner.history().reset(revision);
         inner.revision.store(revision, Ordering::Release);
-        inner.compacted.store(revision, Ordering::Release);
         let _ = inner.events.send(WatchItem::Reset);
         self.kv().clear(old).map_err(write_err)?;
         Ok(())
@@ -934,7 +954,64 @@ mod tests {
         assert!(store.compacted() > 1);
         assert!(matches!(store.watch(1), Err(WatchError::Compacted { .. })));
         let (history, _) = store.watch(store.compacted()).unwrap();
-        assert!(!history.is_empty() && history.len() <= 8);
+        assert_eq!(history.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn after_reopen_history_starts_at_the_revision_and_legacy_history_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let create = |i: u64, name: &str| {
+            entry(
+                i,
+                Request::Create {
+                    kind: "Node".into(),
+                    name: name.into(),
+                    json: node(name),
+                },
+            )
+        };
+        {
+            let mut sm = open(dir.path(), 100);
+            sm.apply([create(1, "a"), create(2, "b")]).await.unwrap();
+            let (history, _) = sm.object_store().watch(0).unwrap();
+            assert_eq!(history.len(), 2);
+            // What an older version left: history on disk and its compaction bound.
+            let mut legacy = WriteBatch::default();
+            for rev in 1..=2u64 {
+                let mut k = LEGACY_HISTORY.to_vec();
+                k.extend_from_slice(&rev.to_be_bytes());
+                legacy.put(k, b"{}".to_vec());
+            }
+            legacy.put(LEGACY_COMPACTED, b"0".to_vec());
+            sm.kv().apply(TREE_A, legacy).unwrap();
+        }
+        let mut sm = open(dir.path(), 100);
+        let store = sm.object_store();
+        assert_eq!(store.revision(), 2);
+        assert_eq!(store.compacted(), 2);
+        match store.watch(1) {
+            Err(WatchError::Compacted {
+                requested: 1,
+                compacted: 2,
+            }) => {}
+            other => panic!("watch from before the restart: {:?}", other.map(|r| r.0)),
+        }
+        let (history, mut live) = store.watch(2).unwrap();
+        assert!(history.is_empty());
+        sm.apply([create(3, "c")]).await.unwrap();
+        match live.try_recv().unwrap() {
+            WatchItem::Change(c) => assert_eq!((c.revision, c.object.name.as_str()), (3, "c")),
+            WatchItem::Reset => panic!("unexpected reset"),
+        }
+        let (history, _) = store.watch(2).unwrap();
+        assert_eq!(history.len(), 1);
+        let kv = sm.kv();
+        assert!(kv
+            .keys(TREE_A, LEGACY_HISTORY, Some(LEGACY_HISTORY_END))
+            .unwrap()
+            .is_empty());
+        assert!(kv.get(TREE_A, LEGACY_COMPACTED).unwrap().is_none());
+        assert!(store.get("Node", "b").unwrap().is_some());
     }
 
     #[tokio::test]
