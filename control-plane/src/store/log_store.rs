@@ -6,6 +6,11 @@
 //! covers every append queued before it, and the callbacks fire in append order after it.
 //! With [`LogStore::with_early_leader_appends`], a leader's own appends are reported flushed
 //! at once and their flush is tracked by a [`Durability`] instead (see there).
+//!
+//! The newest appended entries are also kept in memory ([`Recent`], bounded by count and
+//! bytes): openraft reads each entry back right after appending it, to replicate it and to
+//! apply it, and reading it from sled and decoding its JSON was about a sixteenth of a
+//! member's work.
 // openraft's `StorageError` is large by design and is the error type of its traits.
 #![allow(clippy::result_large_err)]
 
@@ -13,6 +18,7 @@ use super::{decode, encode, read_err, write_err, Durability, KvBackend, WriteBat
 use crate::types::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +37,91 @@ pub struct LogStore {
     kv: Arc<dyn KvBackend>,
     flusher: mpsc::UnboundedSender<Flush>,
     early: Option<Arc<EarlyAppends>>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// Most entries [`Recent`] keeps.
+const RECENT_ENTRIES: usize = 4096;
+/// Most bytes (encoded) [`Recent`] keeps.
+const RECENT_BYTES: usize = 4 << 20;
+
+/// The newest entries of the log, in memory: consecutive indexes up to the last entry
+/// appended through this store (empty until the first append after open).
+#[derive(Default)]
+struct Recent {
+    /// Each entry with its encoded size.
+    entries: VecDeque<(Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.entries.back().map(|(e, _)| e.log_id.index)
+    }
+
+    /// Records an entry just written to the store.
+    fn push(&mut self, entry: Entry<TypeConfig>, size: usize) {
+        let index = entry.log_id.index;
+        match self.last() {
+            // Overwrites entries from `index` on (a new leader's log).
+            Some(last) if index <= last => self.remove_from(index),
+            Some(last) if index != last + 1 => self.clear(),
+            _ => {}
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    /// Forgets entries with an index of `index` or more.
+    fn remove_from(&mut self, index: u64) {
+        while self.last().is_some_and(|l| l >= index) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Forgets entries with an index of `index` or less.
+    fn remove_upto(&mut self, index: u64) {
+        while self.first().is_some_and(|f| f <= index) {
+            self.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The entries from `start` to `end` (exclusive; `None`: to the last), if all are here.
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        let (first, last) = (self.first()?, self.last()?);
+        let end = end.unwrap_or(last + 1);
+        if start < first || end > last + 1 {
+            return None;
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let to = usize::try_from(end - first).ok()?;
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
 }
 
 /// What the flusher completes after its next flush.
@@ -95,7 +186,17 @@ impl LogStore {
         let (flusher, rx) = mpsc::unbounded_channel();
         let durability = early.as_ref().map(|e| e.durability.clone());
         tokio::spawn(group_commit(kv.clone(), rx, durability));
-        LogStore { kv, flusher, early }
+        LogStore {
+            kv,
+            flusher,
+            early,
+            recent: Arc::default(),
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // Plain data: a panic while holding the lock leaves it usable.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn remember_vote(&self, vote: Option<Vote<NodeId>>) {
@@ -174,17 +275,33 @@ fn complete(jobs: Vec<Flush>, flushed: &Result<(), String>, durability: Option<&
 
 /// Writes each entry on its own: an append need not be atomic (openraft only relies on it
 /// once the callback fired, after the flush, and a crash before keeps a prefix of the writes,
-/// so never a hole), and a multi-key batch costs sled an extra log-buffer write.
-fn append_each<I>(kv: &dyn KvBackend, entries: I) -> Result<(), StorageError<NodeId>>
+/// so never a hole), and a multi-key batch costs sled an extra log-buffer write. Each entry
+/// written goes into `recent` too.
+fn append_each<I>(
+    kv: &dyn KvBackend,
+    recent: &Mutex<Recent>,
+    entries: I,
+) -> Result<(), StorageError<NodeId>>
 where
     I: IntoIterator<Item = Entry<TypeConfig>>,
 {
     for entry in entries {
         let mut one = WriteBatch::default();
-        one.put(index_key(entry.log_id.index), encode(&entry));
-        kv.apply(LOG, one).map_err(write_err)?;
+        let value = encode(&entry);
+        let size = value.len();
+        one.put(index_key(entry.log_id.index), value);
+        if let Err(e) = kv.apply(LOG, one) {
+            // What the store holds from this index on is unknown now.
+            lock_recent(recent).remove_from(entry.log_id.index);
+            return Err(write_err(e));
+        }
+        lock_recent(recent).push(entry, size);
     }
     Ok(())
+}
+
+fn lock_recent(recent: &Mutex<Recent>) -> std::sync::MutexGuard<'_, Recent> {
+    recent.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Log entries removed per write batch by a purge.
@@ -211,6 +328,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
+        }
+        if let Some(entries) = self.recent().get(start, end) {
+            return Ok(entries);
         }
         let end_key = end.map(index_key);
         let pairs = self
@@ -287,7 +407,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             _ => None,
         };
-        if let Err(e) = append_each(&*self.kv, entries) {
+        if let Err(e) = append_each(&*self.kv, &self.recent, entries) {
             if let Some(early) = &self.early {
                 early
                     .durability
@@ -316,6 +436,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // Before the store: no reader may find a doomed entry here once it is gone there.
+        self.recent().remove_from(log_id.index);
         let doomed = self
             .kv
             .keys(LOG, &index_key(log_id.index), None)
@@ -333,6 +455,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The purge point is durable before any entry disappears, so a crash in between never
         // leaves a hole that the log state does not explain.
         self.put_meta(PURGED, &log_id, true).await?;
+        self.recent().remove_upto(log_id.index);
         let end = log_id.index.saturating_add(1);
         let doomed = self
             .kv
@@ -351,5 +474,87 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tokio::task::yield_now().await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledBackend;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn ids(entries: &[Entry<TypeConfig>]) -> Vec<(u64, u64)> {
+        entries
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[test]
+    fn recent_entries_follow_overwrites_gaps_and_limits() {
+        let mut r = Recent::default();
+        for i in 1..=5 {
+            r.push(entry(1, i), 10);
+        }
+        assert_eq!(ids(&r.get(2, Some(4)).unwrap()), vec![(1, 2), (1, 3)]);
+        assert_eq!(r.get(4, None).unwrap().len(), 2);
+        assert!(r.get(0, Some(3)).is_none(), "before the first kept entry");
+        assert!(r.get(3, Some(7)).is_none(), "past the last entry");
+        // A new leader's entries replace those from their index on.
+        r.push(entry(2, 4), 10);
+        assert_eq!(ids(&r.get(3, None).unwrap()), vec![(1, 3), (2, 4)]);
+        assert_eq!(r.bytes, 40);
+        // A gap (entries written elsewhere) empties it.
+        r.push(entry(2, 9), 10);
+        assert_eq!(ids(&r.get(9, None).unwrap()), vec![(2, 9)]);
+        assert!(r.get(4, Some(5)).is_none());
+        // Bounded by bytes.
+        for i in 10..20 {
+            r.push(entry(2, i), RECENT_BYTES / 4);
+        }
+        assert_eq!(r.entries.len(), 4);
+        assert_eq!(r.first(), Some(16));
+        // Bounded by count.
+        let mut r = Recent::default();
+        for i in 0..(RECENT_ENTRIES as u64 + 10) {
+            r.push(entry(1, i), 1);
+        }
+        assert_eq!(r.entries.len(), RECENT_ENTRIES);
+        assert_eq!(r.first(), Some(10));
+        r.remove_upto(20);
+        r.remove_from(30);
+        assert_eq!((r.first(), r.last(), r.bytes), (Some(21), Some(29), 9));
+    }
+
+    #[tokio::test]
+    async fn reads_after_truncate_and_purge_match_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv: Arc<dyn KvBackend> = Arc::new(SledBackend::open(dir.path()).unwrap());
+        let mut log = LogStore::new(kv.clone());
+        let append = |log: &LogStore, entries: Vec<Entry<TypeConfig>>| {
+            append_each(&*log.kv, &log.recent, entries).unwrap()
+        };
+        append(&log, (1..=6).map(|i| entry(1, i)).collect());
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4))
+            .await
+            .unwrap();
+        append(&log, vec![entry(2, 4)]);
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 1))
+            .await
+            .unwrap();
+        let want = vec![(1, 2), (1, 3), (2, 4)];
+        assert_eq!(ids(&log.try_get_log_entries(0..).await.unwrap()), want);
+        assert_eq!(ids(&log.try_get_log_entries(2..=4).await.unwrap()), want);
+        // The same, read from the store alone.
+        let mut fresh = LogStore::new(kv);
+        assert_eq!(ids(&fresh.try_get_log_entries(0..).await.unwrap()), want);
+        assert!(fresh.recent().entries.is_empty());
     }
 }
