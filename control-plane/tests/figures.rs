@@ -35,6 +35,53 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
         .unwrap_or_default()
 }
 
+/// CPU time (user + system) used so far by process `pid`, in microseconds.
+fn cpu_us(pid: u32) -> u64 {
+    static TICK_US: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let tick_us = *TICK_US.get_or_init(|| {
+        let out = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output();
+        let hz: u64 = out
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100);
+        1_000_000 / hz.max(1)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15, the 12th and 13th after the state.
+    (ticks(11) + ticks(12)) * tick_us
+}
+
+/// CPU per write of a round: every member's, and the leader's alone, in microseconds.
+fn cpu_line(
+    who: &str,
+    clients: usize,
+    before: &[u64],
+    after: &[u64],
+    leader: usize,
+    writes: usize,
+) -> String {
+    let all: u64 = after.iter().zip(before).map(|(a, b)| a - b).sum();
+    let lead = after[leader] - before[leader];
+    let per = |us: u64| us as f64 / writes.max(1) as f64;
+    format!(
+        "{who}clients={clients:<3} cpu/write: members={:.0}µs leader={:.0}µs",
+        per(all),
+        per(lead)
+    )
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -165,9 +212,13 @@ async fn figures() {
     }
 
     // Clients talk to the leader, as etcd clients do.
+    let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
+    let leader_at = procs.iter().position(|p| p.addr == leader).unwrap();
     for clients in rounds() {
         let secs = 5;
+        let before: Vec<u64> = pids.iter().map(|p| cpu_us(*p)).collect();
         let (n, lat) = load(&leader_only, clients, secs, &format!("c{clients}")).await;
+        let after: Vec<u64> = pids.iter().map(|p| cpu_us(*p)).collect();
         let pct = |p: f64| percentile(&lat, p);
         println!(
             "clients={clients:<3} writes/s={:>8.0} p50={:?} p99={:?}",
@@ -175,6 +226,7 @@ async fn figures() {
             pct(0.50),
             pct(0.99)
         );
+        println!("{}", cpu_line("", clients, &before, &after, leader_at, n));
     }
 
     // Linearizable reads (a read index through the leader), on the leader and a follower.
@@ -430,8 +482,11 @@ async fn figures_etcd() {
         .and_then(|e| e["Endpoint"].as_str())
         .map(|e| e.trim_start_matches("http://").to_string())
         .expect("an etcd leader");
+    let pids: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
+    let leader_at = client.iter().position(|a| *a == leader).unwrap();
     for clients in rounds() {
         let secs = 5;
+        let before: Vec<u64> = pids.iter().map(|p| cpu_us(*p)).collect();
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut tasks = Vec::new();
         for c in 0..clients {
@@ -460,12 +515,15 @@ async fn figures_etcd() {
         }
         all.sort();
         let pct = |p: f64| percentile(&all, p);
+        let after: Vec<u64> = pids.iter().map(|p| cpu_us(*p)).collect();
         println!(
             "etcd clients={clients:<3} writes/s={:>8.0} p50={:?} p99={:?}",
             all.len() as f64 / secs as f64,
             pct(0.50),
             pct(0.99)
         );
+        let line = cpu_line("etcd ", clients, &before, &after, leader_at, all.len());
+        println!("{line}");
     }
     let follower = client.iter().find(|a| **a != leader).unwrap().clone();
     for (who, addr) in [("leader", &leader), ("follower", &follower)] {
