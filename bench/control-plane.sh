@@ -27,56 +27,47 @@ echo
 echo "## pair $i"
 python3 - "$dir/pair$i" <<'PY'
 import re, sys
-rows = {}
+lines = open(sys.argv[1], encoding="utf-8", errors="replace").read().splitlines()
 def ms(v):
     m = re.fullmatch(r"([0-9.]+)(ns|µs|us|ms|s)", v)
     scale = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
     return float(m.group(1)) * scale[m.group(2)] if m else float("nan")
-pat = re.compile(r"(etcd )?clients=(\d+)\s+writes/s=\s*(\d+) p50=(\S+) p99=(\S+)")
-for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
-    m = pat.search(line)
-    if m:
-        who = "etcd" if m.group(1) else "gantry"
-        rows.setdefault(int(m.group(2)), {})[who] = (int(m.group(3)), ms(m.group(4)), ms(m.group(5)))
+def collect(pattern, key, values):
+    """{key: {"gantry" | "etcd": values}} from lines matching pattern (group 1: "etcd ")."""
+    out = {}
+    for line in lines:
+        m = re.search(pattern, line)
+        if m:
+            who = "etcd" if m.group(1) else "gantry"
+            out.setdefault(key(m), {})[who] = values(m)
+    return out
+def pairs(rows):
+    for k in sorted(rows):
+        g, e = rows[k].get("gantry"), rows[k].get("etcd")
+        if g and e:
+            yield k, g, e
+latency = lambda m: (int(m.group(3)), ms(m.group(4)), ms(m.group(5)))
+rows = collect(r"(etcd )?clients=(\d+)\s+writes/s=\s*(\d+) p50=(\S+) p99=(\S+)", lambda m: int(m.group(2)), latency)
 print()
 print("| clients | Gantry writes/s | p50 ms | p99 ms | etcd writes/s | p50 ms | p99 ms | writes/s G/e | p50 G/e | p99 G/e |")
 print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for c in sorted(rows):
-    g, e = rows[c].get("gantry"), rows[c].get("etcd")
-    if not g or not e:
-        continue
+for c, g, e in pairs(rows):
     print(f"| {c} | {g[0]} | {g[1]:.2f} | {g[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} "
           f"| {g[0]/e[0]:.2f} | {g[1]/e[1]:.2f} | {g[2]/e[2]:.2f} |")
-reads = {}
-rpat = re.compile(r"(etcd )?linearizable get on the (leader|follower): reads/s=(\d+) p50=(\S+) p99=(\S+)")
-for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
-    m = rpat.search(line)
-    if m:
-        who = "etcd" if m.group(1) else "gantry"
-        reads.setdefault(m.group(2), {})[who] = (int(m.group(3)), ms(m.group(4)), ms(m.group(5)))
+reads = collect(r"(etcd )?linearizable get on the (leader|follower): reads/s=(\d+) p50=(\S+) p99=(\S+)", lambda m: m.group(2), latency)
 if reads:
     print()
     print("| linearizable get, 1 client | Gantry reads/s | p50 ms | p99 ms | etcd reads/s | p50 ms | p99 ms | reads/s G/e | p50 G/e |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for where in ("leader", "follower"):
-        g, e = reads.get(where, {}).get("gantry"), reads.get(where, {}).get("etcd")
-        if g and e:
-            print(f"| on the {where} | {g[0]} | {g[1]:.2f} | {g[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} "
-                  f"| {g[0]/e[0]:.2f} | {g[1]/e[1]:.2f} |")
-cpu = {}
-cpat = re.compile(r"(etcd )?clients=(\d+)\s+cpu/write: members=(\d+)µs leader=(\d+)µs")
-for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
-    m = cpat.search(line)
-    if m:
-        who = "etcd" if m.group(1) else "gantry"
-        cpu.setdefault(int(m.group(2)), {})[who] = (int(m.group(3)), int(m.group(4)))
+    for where, g, e in pairs(reads):
+        print(f"| on the {where} | {g[0]} | {g[1]:.2f} | {g[2]:.2f} | {e[0]} | {e[1]:.2f} | {e[2]:.2f} "
+              f"| {g[0]/e[0]:.2f} | {g[1]/e[1]:.2f} |")
+cpu = collect(r"(etcd )?clients=(\d+)\s+cpu/write: members=(\d+)µs leader=(\d+)µs", lambda m: int(m.group(2)), lambda m: (int(m.group(3)), int(m.group(4))))
 if cpu:
     print()
     print("| clients | Gantry CPU µs/write, 3 members | leader | etcd CPU µs/write, 3 members | leader | members G/e | leader G/e |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for c in sorted(cpu):
-        g, e = cpu[c].get("gantry"), cpu[c].get("etcd")
-        if g and e:
-            print(f"| {c} | {g[0]} | {g[1]} | {e[0]} | {e[1]} | {g[0]/e[0]:.2f} | {g[1]/e[1]:.2f} |")
+    for c, g, e in pairs(cpu):
+        print(f"| {c} | {g[0]} | {g[1]} | {e[0]} | {e[1]} | {g[0]/e[0]:.2f} | {g[1]/e[1]:.2f} |")
 PY
 done

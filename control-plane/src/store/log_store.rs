@@ -195,8 +195,7 @@ impl LogStore {
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
-        // Plain data: a panic while holding the lock leaves it usable.
-        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+        lock_recent(&self.recent)
     }
 
     fn remember_vote(&self, vote: Option<Vote<NodeId>>) {
@@ -301,6 +300,7 @@ where
 }
 
 fn lock_recent(recent: &Mutex<Recent>) -> std::sync::MutexGuard<'_, Recent> {
+    // Plain data: a panic while holding the lock leaves it usable.
     recent.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -20,7 +20,7 @@
 //!
 //! The watch history (the last changes, bounded) lives in memory, as Kubernetes' watch cache
 //! does: writing each change a second time into sled, and deleting it again when it leaves
-//! the window, cost more than a third of a member's storage work. After a restart or a
+//! the window, was about half of the state machine's sled work (perf). After a restart or a
 //! snapshot install a member's history starts at its revision; a watcher asking for an older
 //! one is told to list again, as after a compaction. Data dirs written before kept the history
 //! in `h/` keys; they are removed on open.
