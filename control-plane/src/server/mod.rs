@@ -109,9 +109,10 @@ type Stores = (Arc<dyn KvBackend>, Arc<dyn KvBackend>);
 ///
 /// They are separate because sled writes out a database's buffers in order: in one database,
 /// every log flush (on the commit path) waited for the state machine's buffer writes before it
-/// (each applied batch then sealed sled's buffer and wrote it out; batches are now redo records,
-/// see `store::sled_kv`), about doubling the disk time of a write. Nothing needs them in step: the state machine records its own applied log id, and
-/// openraft re-applies the log after it. A data dir from before the split keeps both in `db`.
+/// (each applied batch then sealed sled's buffer and wrote it out; batches are now redo
+/// records, see `store::sled_kv`), about doubling the disk time of a write. Nothing needs them
+/// in step: the state machine records its own applied log id, and openraft re-applies the log
+/// after it. A data dir from before the split keeps both in `db`.
 ///
 /// The two share the page cache one database used to have: the log is read near its end, the
 /// state machine everywhere.

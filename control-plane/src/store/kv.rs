@@ -36,6 +36,16 @@ impl WriteBatch {
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
         self.ops.push(BatchOp::Delete(key.into()));
     }
+
+    /// A batch deleting each of `keys`.
+    pub fn deleting<K: Into<Vec<u8>>>(keys: impl IntoIterator<Item = K>) -> Self {
+        WriteBatch {
+            ops: keys
+                .into_iter()
+                .map(|k| BatchOp::Delete(k.into()))
+                .collect(),
+        }
+    }
 }
 
 /// An ordered key-value store of named trees.

@@ -443,11 +443,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .keys(LOG, &index_key(log_id.index), None)
             .map_err(read_err)?;
         // One batch: a crash must not leave a hole in the log.
-        let mut batch = WriteBatch::default();
-        for k in doomed {
-            batch.delete(k);
-        }
-        self.kv.apply(LOG, batch).map_err(write_err)?;
+        self.kv
+            .apply(LOG, WriteBatch::deleting(doomed))
+            .map_err(write_err)?;
         self.kv.flush().await.map_err(write_err)
     }
 
@@ -466,11 +464,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // together: entries below the durable purge point are never read, and a crash
         // mid-purge leaves some for the next purge, which scans from the start.
         for slice in doomed.chunks(PURGE_SLICE) {
-            let mut batch = WriteBatch::default();
-            for k in slice {
-                batch.delete(k.clone());
-            }
-            self.kv.apply(LOG, batch).map_err(write_err)?;
+            self.kv
+                .apply(LOG, WriteBatch::deleting(slice.iter().cloned()))
+                .map_err(write_err)?;
             tokio::task::yield_now().await;
         }
         Ok(())

@@ -64,7 +64,7 @@ pub const DEFAULT_HISTORY: u64 = 10_000;
 pub const DEFAULT_RING: usize = 1024;
 
 /// What a change did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeType {
     /// The object was created.
     Added,
@@ -75,7 +75,7 @@ pub enum ChangeType {
 }
 
 /// One change of the store, as watchers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// What happened.
     pub change: ChangeType,
@@ -171,22 +171,17 @@ impl Inner {
     }
 }
 
-/// Removes the watch history that older versions kept in `tree`, a slice at a time.
+/// Removes the watch history that older versions kept in `tree` (with its bound, first), a
+/// slice at a time: the history is never read, so the slices need not be atomic together.
 fn drop_legacy_history(kv: &dyn KvBackend, tree: &str) -> Result<(), StoreError> {
     let keys = kv.keys(tree, LEGACY_HISTORY, Some(LEGACY_HISTORY_END))?;
     if keys.is_empty() {
         return Ok(());
     }
+    kv.apply(tree, WriteBatch::deleting([LEGACY_COMPACTED]))?;
     for slice in keys.chunks(1024) {
-        let mut batch = WriteBatch::default();
-        for k in slice {
-            batch.delete(k.clone());
-        }
-        kv.apply(tree, batch)?;
+        kv.apply(tree, WriteBatch::deleting(slice.iter().cloned()))?;
     }
-    let mut batch = WriteBatch::default();
-    batch.delete(LEGACY_COMPACTED);
-    kv.apply(tree, batch)?;
     tracing::info!(
         changes = keys.len(),
         "removed the watch history kept on disk by an older version"
@@ -318,7 +313,8 @@ impl StateMachine {
             Some(v) => decode(REVISION, &v)?,
             // Written before batches: revisions were log indexes.
             None => applied,
-        };
+        }
+        .max(applied);
         drop_legacy_history(&*kv, current)?;
         let (events, _) = broadcast::channel(ring.max(1));
         Ok(StateMachine {
@@ -326,8 +322,8 @@ impl StateMachine {
                 inner: Arc::new(Inner {
                     kv,
                     current: RwLock::new(current),
-                    revision: AtomicU64::new(revision.max(applied)),
-                    history: Mutex::new(History::new(revision.max(applied), history)),
+                    revision: AtomicU64::new(revision),
+                    history: Mutex::new(History::new(revision, history)),
                     events,
                 }),
             },
