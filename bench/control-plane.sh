@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Control-plane figures: three Gantry members against three etcd members (Debian's
-# etcd-server, fsync on commit) on loopback, same machine, same run: writes/s and p50/p99 at
+# etcd-server, fsync on commit, loaded through its native gRPC API; GANTRY_ETCD_CLIENT=gateway
+# loads its JSON gateway instead) on loopback, same machine, same run: writes/s and p50/p99 at
 # 1, 16 and 64 clients, linearizable gets on the leader and a follower, failover after SIGKILL and
 # SIGTERM of the leader, member memory with 10,000 objects, and CPU time per write (all members
 # and the leader alone, from /proc: less sensitive to a busy machine than writes/s).

@@ -343,6 +343,105 @@ impl Drop for Etcd {
     }
 }
 
+/// The few fields of etcd's `etcdserverpb` KV messages the figures use (field numbers of
+/// etcd's `rpc.proto`; fields not declared here are skipped when decoding).
+mod etcdpb {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutResponse {}
+
+    /// A linearizable range (`serializable`, field 7, left false) of one key.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RangeRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RangeResponse {
+        #[prost(message, repeated, tag = "2")]
+        pub kvs: Vec<KeyValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(bytes = "vec", tag = "5")]
+        pub value: Vec<u8>,
+    }
+}
+
+/// A client of etcd: its native gRPC API over one HTTP/2 connection, as etcd's own clients
+/// (and Gantry's, with tonic) talk, or, with `GANTRY_ETCD_CLIENT=gateway`, its JSON gateway
+/// over one keep-alive HTTP/1.1 connection (an extra in-process hop inside etcd).
+enum EtcdClient {
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Gateway(EtcdConn),
+}
+
+impl EtcdClient {
+    async fn connect(addr: &str) -> Option<Self> {
+        if std::env::var("GANTRY_ETCD_CLIENT").as_deref() == Ok("gateway") {
+            return EtcdConn::connect(addr).await.map(EtcdClient::Gateway);
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .ok()?;
+        Some(EtcdClient::Grpc(tonic::client::Grpc::new(channel)))
+    }
+
+    async fn unary<Req, Resp>(&mut self, path: &'static str, req: Req) -> Option<Resp>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let EtcdClient::Grpc(grpc) = self else {
+            return None;
+        };
+        grpc.ready().await.ok()?;
+        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+        grpc.unary(tonic::Request::new(req), path, codec)
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn put(&mut self, key: &str, value: &[u8]) -> Option<()> {
+        if let EtcdClient::Gateway(conn) = self {
+            return conn.put(key, value).await;
+        }
+        let req = etcdpb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+        };
+        self.unary::<_, etcdpb::PutResponse>("/etcdserverpb.KV/Put", req)
+            .await
+            .map(|_| ())
+    }
+
+    /// A linearizable get (etcd's default range); `None` unless the key exists.
+    async fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        if let EtcdClient::Gateway(conn) = self {
+            return conn.get(key).await;
+        }
+        let req = etcdpb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+        };
+        let resp: etcdpb::RangeResponse = self.unary("/etcdserverpb.KV/Range", req).await?;
+        resp.kvs.into_iter().next().map(|kv| kv.value)
+    }
+}
+
 /// One keep-alive HTTP/1.1 connection to etcd's JSON gateway (`/v3/kv/put`).
 struct EtcdConn(tokio::io::BufStream<tokio::net::TcpStream>, String);
 
@@ -457,7 +556,7 @@ async fn figures_etcd() {
     // Wait until etcd serves, then find its leader and load it, as with Gantry.
     let value = node_json("n", serde_json::json!({"cpu": "2", "memory": "4Gi"}));
     wait_for("etcd to serve", || async {
-        let mut c = EtcdConn::connect(&client[0]).await?;
+        let mut c = EtcdClient::connect(&client[0]).await?;
         c.put("probe", &value).await
     })
     .await;
@@ -490,7 +589,7 @@ async fn figures_etcd() {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut tasks = Vec::new();
         for c in 0..clients {
-            let mut conn = EtcdConn::connect(&leader).await.unwrap();
+            let mut conn = EtcdClient::connect(&leader).await.unwrap();
             let value = value.clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
@@ -527,7 +626,7 @@ async fn figures_etcd() {
     }
     let follower = client.iter().find(|a| **a != leader).unwrap().clone();
     for (who, addr) in [("leader", &leader), ("follower", &follower)] {
-        let mut conn = EtcdConn::connect(addr).await.unwrap();
+        let mut conn = EtcdClient::connect(addr).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut lat = Vec::new();
         while Instant::now() < deadline {
