@@ -399,47 +399,52 @@ impl EtcdClient {
         Some(EtcdClient::Grpc(tonic::client::Grpc::new(channel)))
     }
 
-    async fn unary<Req, Resp>(&mut self, path: &'static str, req: Req) -> Option<Resp>
-    where
-        Req: prost::Message + Send + Sync + 'static,
-        Resp: prost::Message + Default + Send + Sync + 'static,
-    {
-        let EtcdClient::Grpc(grpc) = self else {
-            return None;
-        };
-        grpc.ready().await.ok()?;
-        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-        grpc.unary(tonic::Request::new(req), path, codec)
-            .await
-            .ok()
-            .map(tonic::Response::into_inner)
-    }
-
     async fn put(&mut self, key: &str, value: &[u8]) -> Option<()> {
-        if let EtcdClient::Gateway(conn) = self {
-            return conn.put(key, value).await;
-        }
+        let grpc = match self {
+            EtcdClient::Gateway(conn) => return conn.put(key, value).await,
+            EtcdClient::Grpc(grpc) => grpc,
+        };
         let req = etcdpb::PutRequest {
             key: key.as_bytes().to_vec(),
             value: value.to_vec(),
         };
-        self.unary::<_, etcdpb::PutResponse>("/etcdserverpb.KV/Put", req)
+        unary::<_, etcdpb::PutResponse>(grpc, "/etcdserverpb.KV/Put", req)
             .await
             .map(|_| ())
     }
 
-    /// A linearizable get (etcd's default range); `None` unless the key exists.
+    /// A linearizable get (etcd's default range); `None` if it failed (over gRPC, also if
+    /// the key is missing).
     async fn get(&mut self, key: &str) -> Option<Vec<u8>> {
-        if let EtcdClient::Gateway(conn) = self {
-            return conn.get(key).await;
-        }
+        let grpc = match self {
+            EtcdClient::Gateway(conn) => return conn.get(key).await,
+            EtcdClient::Grpc(grpc) => grpc,
+        };
         let req = etcdpb::RangeRequest {
             key: key.as_bytes().to_vec(),
         };
-        let resp: etcdpb::RangeResponse = self.unary("/etcdserverpb.KV/Range", req).await?;
+        let resp: etcdpb::RangeResponse = unary(grpc, "/etcdserverpb.KV/Range", req).await?;
         resp.kvs.into_iter().next().map(|kv| kv.value)
     }
+}
+
+/// One unary call of etcd's gRPC API; `None` if it failed.
+async fn unary<Req, Resp>(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &'static str,
+    req: Req,
+) -> Option<Resp>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    grpc.ready().await.ok()?;
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(req), path, codec)
+        .await
+        .ok()
+        .map(tonic::Response::into_inner)
 }
 
 /// One keep-alive HTTP/1.1 connection to etcd's JSON gateway (`/v3/kv/put`).
