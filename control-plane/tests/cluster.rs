@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use gantry_api::proto::{self, Consistency, DeleteRequest, GetRequest, ListRequest, UpdateRequest};
 use gantry_control_plane::raft::service::TimeoutNow;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -602,6 +603,60 @@ async fn members_can_be_added_and_removed() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     drop(s4);
+}
+
+/// Raft takes one membership change at a time. Changes asked at once, and changes asked of a
+/// follower right after the previous one (its commit index lags), must wait their turn on the
+/// leader instead of failing with "already undergoing a configuration change".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_changes_asked_at_once_through_followers_all_take_effect() {
+    init_tracing();
+    let root = tempfile::tempdir().unwrap();
+    let opts = Options::default();
+    let members = cluster(root.path(), &opts).await;
+
+    // Two members join at the same moment, one through each follower.
+    let (s4, s5) = tokio::join!(
+        start(
+            "s4",
+            root.path().join("s4"),
+            None,
+            gantry_control_plane::server::Bootstrap::Join(members[1].addr.clone()),
+            &opts,
+        ),
+        start(
+            "s5",
+            root.path().join("s5"),
+            None,
+            gantry_control_plane::server::Bootstrap::Join(members[2].addr.clone()),
+            &opts,
+        ),
+    );
+    let (s4, s5) = (s4.expect("s4 joins"), s5.expect("s5 joins"));
+    wait_for_voters(&members[0].addr, 5).await;
+
+    // Both leave at the same moment, each removed through a different follower, at once
+    // after the joins.
+    let leader = leader_index(&members).await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let mut a = members[followers[0]].client().await;
+    let mut b = members[followers[1]].client().await;
+    let (ra, rb) = tokio::join!(
+        a.remove_member(proto::RemoveMemberRequest { name: "s4".into() }),
+        b.remove_member(proto::RemoveMemberRequest { name: "s5".into() }),
+    );
+    ra.expect("s4 removed");
+    rb.expect("s5 removed");
+    wait_for_voters(&members[0].addr, 3).await;
+    let listed = a
+        .members(proto::MembersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: BTreeSet<&str> = listed.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["s1", "s2", "s3"]));
+    create_node(&mut a, "after-changes").await;
+    drop((s4, s5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -118,6 +118,8 @@ pub struct ObjectApi {
     pub(crate) watch_buffer: usize,
     peers: Arc<Mutex<HashMap<String, ObjectServiceClient<Channel>>>>,
     batcher: WriteBatcher,
+    /// Held by the membership change this member is making: one at a time.
+    membership_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The hops `req` has taken (an unreadable count counts as the most).
@@ -204,6 +206,7 @@ impl ObjectApi {
             timeout,
             watch_buffer: watch_buffer.max(1),
             peers: Arc::default(),
+            membership_turn: Arc::default(),
         }
     }
 
@@ -435,6 +438,7 @@ impl ObjectApi {
         if msg.addr.is_empty() || msg.id == 0 {
             return Err(ApiError::Invalid("member: id and addr are required".into()));
         }
+        let _turn = self.membership_turn().await?;
         let current = self.raft.metrics().borrow().membership_config.clone();
         let membership = current.membership();
         if let Some((other, _)) = membership
@@ -486,7 +490,50 @@ impl ObjectApi {
         }
     }
 
-    async fn do_remove_member(&self, msg: RemoveMemberRequest) -> Result<(), ApiError> {
+    /// How long the leader may take over a membership change: its turn, the previous change,
+    /// a new member catching up as a learner, then the joint and final configurations.
+    fn membership_deadline(&self) -> Duration {
+        self.timeout * 10
+    }
+
+    /// Waits for this member's turn to change the membership: it must lead, no other change
+    /// may be in flight here, and the last change must be applied, so the caller reads a
+    /// settled membership and may propose the next. The turn lasts while the guard lives.
+    ///
+    /// openraft refuses a change while the last is uncommitted and checks that before
+    /// leadership: a follower whose commit index lags (a change just made) would answer "in
+    /// progress" instead of naming the leader, and a leader asked for two changes at once
+    /// would refuse the second. So a follower names the leader (the request is forwarded) and
+    /// the leader queues changes, each within the request deadline.
+    async fn membership_turn(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, ApiError> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        if leader != Some(self.id) {
+            return Err(ApiError::NotLeader(self.leader_addr()));
+        }
+        let busy = || ApiError::Timeout("the previous membership change", self.timeout);
+        let turn = tokio::time::timeout(self.timeout, self.membership_turn.clone().lock_owned())
+            .await
+            .map_err(|_| busy())?;
+        let settled = self
+            .raft
+            .wait(Some(self.timeout))
+            .metrics(
+                |m| m.last_applied >= *m.membership_config.log_id(),
+                "the last membership change applied",
+            )
+            .await;
+        match settled {
+            Ok(_) => Ok(turn),
+            Err(openraft::metrics::WaitError::Timeout(..)) => Err(busy()),
+            Err(e) => Err(ApiError::Raft(e.to_string())),
+        }
+    }
+
+    async fn do_remove_member(
+        &self,
+        msg: RemoveMemberRequest,
+    ) -> Result<RemoveMemberResponse, ApiError> {
+        let _turn = self.membership_turn().await?;
         let current = self.raft.metrics().borrow().membership_config.clone();
         let membership = current.membership();
         let Some((id, _)) = membership.nodes().find(|(_, n)| n.name == msg.name) else {
@@ -502,13 +549,17 @@ impl ObjectApi {
         }
         self.change_voters(voters).await?;
         tracing::info!(member = %msg.name, id, "member removed");
-        Ok(())
+        Ok(RemoveMemberResponse {})
     }
 }
 
-/// Runs a handler; when this member is not the leader, forwards the request once.
+/// Runs a handler; when this member is not the leader, forwards the request once and waits
+/// for the leader's answer within `$deadline` (the request timeout unless given).
 macro_rules! leader_call {
-    ($self:ident, $request:ident, $do:ident, $rpc:ident) => {{
+    ($self:ident, $request:ident, $do:ident, $rpc:ident) => {
+        leader_call!($self, $request, $do, $rpc, $self.timeout)
+    };
+    ($self:ident, $request:ident, $do:ident, $rpc:ident, $deadline:expr) => {{
         let hops = hops(&$request);
         let msg = $request.into_inner();
         match $self.$do(msg.clone()).await {
@@ -517,11 +568,11 @@ macro_rules! leader_call {
                 Some(addr) => {
                     // A leader that vanished mid-call must not hold the client forever.
                     let mut peer = $self.peer(&addr)?;
-                    match tokio::time::timeout($self.timeout, peer.$rpc(forwarded(msg, hops))).await
-                    {
+                    let deadline = $deadline;
+                    match tokio::time::timeout(deadline, peer.$rpc(forwarded(msg, hops))).await {
                         Ok(r) => r,
                         Err(_) => {
-                            Err(ApiError::Timeout("forwarded request", $self.timeout).into_status())
+                            Err(ApiError::Timeout("forwarded request", deadline).into_status())
                         }
                     }
                 }
@@ -626,35 +677,26 @@ impl ObjectService for ObjectApi {
         &self,
         request: tonic::Request<AddMemberRequest>,
     ) -> Result<tonic::Response<AddMemberResponse>, Status> {
-        leader_call!(self, request, do_add_member, add_member)
+        leader_call!(
+            self,
+            request,
+            do_add_member,
+            add_member,
+            self.membership_deadline()
+        )
     }
 
     async fn remove_member(
         &self,
         request: tonic::Request<RemoveMemberRequest>,
     ) -> Result<tonic::Response<RemoveMemberResponse>, Status> {
-        let hops = hops(&request);
-        let msg = request.into_inner();
-        match self.do_remove_member(msg.clone()).await {
-            Ok(()) => Ok(tonic::Response::new(RemoveMemberResponse {})),
-            Err(e) => match self.forward_target(&e, hops) {
-                Some(addr) => {
-                    let mut peer = self.peer(&addr)?;
-                    match tokio::time::timeout(
-                        self.timeout,
-                        peer.remove_member(forwarded(msg, hops)),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => {
-                            Err(ApiError::Timeout("forwarded request", self.timeout).into_status())
-                        }
-                    }
-                }
-                None => Err(e.into_status()),
-            },
-        }
+        leader_call!(
+            self,
+            request,
+            do_remove_member,
+            remove_member,
+            self.membership_deadline()
+        )
     }
 }
 
