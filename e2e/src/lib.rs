@@ -158,6 +158,13 @@ impl TestCluster {
             name,
             servers: Vec::new(),
         };
+        c.bring_up(servers, agents)?;
+        Ok(c)
+    }
+
+    /// `gantry cluster up` of this cluster (again, after [`TestCluster::down`]).
+    pub fn bring_up(&mut self, servers: u8, agents: u8) -> anyhow::Result<()> {
+        let c = self;
         let out = c.gantry(&[
             "cluster",
             "up",
@@ -188,7 +195,20 @@ impl TestCluster {
             .filter(|m| m["role"] == "server")
             .filter_map(|m| m["addr"].as_str().map(str::to_string))
             .collect();
-        Ok(c)
+        Ok(())
+    }
+
+    /// `gantry cluster down --purge` of this cluster.
+    pub fn down(&self) -> anyhow::Result<()> {
+        let dir = self.dir().display().to_string();
+        let out = self.gantry(&["cluster", "down", "--purge", "--dir", &dir])?;
+        if !out.status.success() {
+            bail!(
+                "cluster down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// The cluster's directory.
@@ -301,14 +321,11 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        let dir = self.dir().display().to_string();
-        match self.gantry(&["cluster", "down", "--purge", "--dir", &dir]) {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "cluster down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("cluster down failed: {e:#}"),
+        if !self.dir().join("cluster.json").exists() {
+            return;
+        }
+        if let Err(e) = self.down() {
+            eprintln!("{e:#}");
         }
     }
 }

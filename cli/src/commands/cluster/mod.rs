@@ -541,7 +541,8 @@ fn down_quiet(c: &mut Cluster) -> anyhow::Result<()> {
         .iter()
         .filter_map(|m| m.netns.as_deref())
         .collect();
-    net::teardown(c.bridge.as_deref(), &netns);
+    let veths: Vec<&str> = c.members.iter().filter_map(|m| m.veth.as_deref()).collect();
+    net::teardown(c.bridge.as_deref(), &netns, &veths);
     if failures.is_empty() {
         Ok(())
     } else {

@@ -131,8 +131,15 @@ pub fn set_link(veth: &str, up: bool) -> anyhow::Result<()> {
     ip(&["link", "set", veth, if up { "up" } else { "down" }])
 }
 
-/// Removes the namespaces (their veth pairs go with them) and the bridge.
-pub fn teardown(bridge: Option<&str>, netns: &[&str]) {
+/// Removes the host-side veths, the namespaces and the bridge.
+///
+/// A veth pair would go with its namespace, but only once the kernel has cleaned the
+/// namespace up, asynchronously: an `up` of the same cluster right after would find the
+/// host-side name still taken. Deleting one end removes both at once.
+pub fn teardown(bridge: Option<&str>, netns: &[&str], veths: &[&str]) {
+    for veth in veths {
+        ip_quiet(&["link", "del", veth]);
+    }
     for ns in netns {
         ip_quiet(&["netns", "del", ns]);
     }
