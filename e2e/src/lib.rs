@@ -164,14 +164,13 @@ impl TestCluster {
 
     /// `gantry cluster up` of this cluster (again, after [`TestCluster::down`]).
     pub fn bring_up(&mut self, servers: u8, agents: u8) -> anyhow::Result<()> {
-        let c = self;
-        let out = c.gantry(&[
+        let out = self.gantry(&[
             "cluster",
             "up",
             "--name",
-            &c.name.clone(),
+            &self.name,
             "--dir",
-            &c.dir().display().to_string(),
+            &self.dir().display().to_string(),
             "--servers",
             &servers.to_string(),
             "--agents",
@@ -187,8 +186,8 @@ impl TestCluster {
             );
         }
         let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(c.dir().join("cluster.json"))?)?;
-        c.servers = state["members"]
+            serde_json::from_slice(&std::fs::read(self.dir().join("cluster.json"))?)?;
+        self.servers = state["members"]
             .as_array()
             .into_iter()
             .flatten()

@@ -510,7 +510,12 @@ impl ObjectApi {
         if leader != Some(self.id) {
             return Err(ApiError::NotLeader(self.leader_addr()));
         }
-        let busy = || ApiError::Timeout("the previous membership change", self.timeout);
+        let busy = || {
+            ApiError::Raft(format!(
+                "membership change: the previous one is still in progress after {:?}, try again",
+                self.timeout
+            ))
+        };
         let turn = tokio::time::timeout(self.timeout, self.membership_turn.clone().lock_owned())
             .await
             .map_err(|_| busy())?;
