@@ -552,8 +552,7 @@ async fn members_can_be_added_and_removed() {
     create_node(&mut c, "n1").await;
 
     // A fourth member joins through a follower and receives the data.
-    let join = gantry_control_plane::server::Bootstrap::Join(members[2].addr.clone());
-    let s4 = start("s4", root.path().join("s4"), None, join, &opts)
+    let s4 = join("s4", root.path(), &members[2].addr, &opts)
         .await
         .expect("s4");
     wait_for_voters(&members[0].addr, 4).await;
@@ -617,20 +616,8 @@ async fn membership_changes_asked_at_once_through_followers_all_take_effect() {
 
     // Two members join at the same moment, one through each follower.
     let (s4, s5) = tokio::join!(
-        start(
-            "s4",
-            root.path().join("s4"),
-            None,
-            gantry_control_plane::server::Bootstrap::Join(members[1].addr.clone()),
-            &opts,
-        ),
-        start(
-            "s5",
-            root.path().join("s5"),
-            None,
-            gantry_control_plane::server::Bootstrap::Join(members[2].addr.clone()),
-            &opts,
-        ),
+        join("s4", root.path(), &members[1].addr, &opts),
+        join("s5", root.path(), &members[2].addr, &opts),
     );
     let (s4, s5) = (s4.expect("s4 joins"), s5.expect("s5 joins"));
     wait_for_voters(&members[0].addr, 5).await;
@@ -687,16 +674,10 @@ async fn bad_join_address_and_foreign_data_dir_are_refused_clearly() {
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = unused.local_addr().unwrap().to_string();
     drop(unused);
-    let err = start(
-        "c1",
-        root.path().join("c1"),
-        None,
-        gantry_control_plane::server::Bootstrap::Join(dead.clone()),
-        &opts,
-    )
-    .await
-    .err()
-    .expect("join to nothing fails");
+    let err = join("c1", root.path(), &dead, &opts)
+        .await
+        .err()
+        .expect("join to nothing fails");
     assert!(
         err.to_string().starts_with(&format!("join {dead}:")),
         "{err}"

@@ -185,8 +185,7 @@ impl TestCluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(self.dir().join("cluster.json"))?)?;
+        let state = self.state()?;
         self.servers = state["members"]
             .as_array()
             .into_iter()
@@ -195,6 +194,13 @@ impl TestCluster {
             .filter_map(|m| m["addr"].as_str().map(str::to_string))
             .collect();
         Ok(())
+    }
+
+    /// What `cluster up` recorded: `DIR/cluster.json`.
+    pub fn state(&self) -> anyhow::Result<serde_json::Value> {
+        let path = self.dir().join("cluster.json");
+        let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+        Ok(serde_json::from_slice(&bytes)?)
     }
 
     /// `gantry cluster down --purge` of this cluster.

@@ -164,19 +164,25 @@ pub async fn client(addr: &str) -> Client {
         .expect("connect")
 }
 
+/// Starts member `name` in `root/name`, joining the cluster through the member at `via`.
+pub async fn join(
+    name: &str,
+    root: &std::path::Path,
+    via: &str,
+    opts: &Options,
+) -> Result<Member, ServerError> {
+    let bootstrap = Bootstrap::Join(via.to_string());
+    start(name, root.join(name), None, bootstrap, opts).await
+}
+
 /// Starts a three-member cluster: s1 inits, s2 and s3 join through s1.
 pub async fn cluster(root: &std::path::Path, opts: &Options) -> Vec<Member> {
     let s1 = start("s1", root.join("s1"), None, Bootstrap::Init, opts)
         .await
         .expect("s1");
     wait_for("s1 to lead", || async { s1.is_leader().then_some(()) }).await;
-    let join = Bootstrap::Join(s1.addr.clone());
-    let s2 = start("s2", root.join("s2"), None, join.clone(), opts)
-        .await
-        .expect("s2");
-    let s3 = start("s3", root.join("s3"), None, join, opts)
-        .await
-        .expect("s3");
+    let s2 = join("s2", root, &s1.addr, opts).await.expect("s2");
+    let s3 = join("s3", root, &s1.addr, opts).await.expect("s3");
     let members = vec![s1, s2, s3];
     wait_for_voters(&members[0].addr, 3).await;
     members
